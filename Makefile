@@ -1,0 +1,50 @@
+# Two commands matter on a fresh machine: `make demo` and `make test`.
+# Everything else here is what they are built from.
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+MODELS_DIR ?= build/models
+# TFRS needs Keras 2; this must be set before TensorFlow is first imported.
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+PROTO_SRC := protos/movie_retrieval/v1/retrieval_service.proto
+PROTO_OUT := movie_retrieval/v1/retrieval_service_pb2.py
+
+.PHONY: help install protos demo test test-slow bench-quality bench-serving clean
+
+help:
+	@echo "make demo           train on MovieLens 100K, serve, print a user's top 10"
+	@echo "make test           run the test suite"
+	@echo "make test-slow      run the slow soak and load tests too"
+	@echo "make bench-quality  retrieval quality against baselines (bench/results/quality.json)"
+	@echo "make bench-serving  serving latency and index benchmarks (bench/results/serving.json)"
+	@echo "MOVIELENS_DATA_DIR=/path/to/ml-100k uses a local copy instead of downloading."
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==26.3
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed $(PROTO_OUT)
+
+# The Python stubs are generated, never committed or edited.
+$(PROTO_OUT): $(PROTO_SRC) $(VENV)/.installed
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. \
+		--grpc_python_out=. $(PROTO_SRC)
+
+protos: $(PROTO_OUT)
+
+demo: install
+	MODELS_DIR=$(MODELS_DIR) PY=$(PY) bash scripts/demo.sh
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf build movie_retrieval .pytest_cache

@@ -1,0 +1,1 @@
+"""Retrieves ranked movies for a user: query embedding, then index search."""

@@ -1,0 +1,85 @@
+"""Command line: ask the candidate service for a user's top movies.
+
+    python -m candidate_service.client --user 42 -k 10
+"""
+
+import argparse
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from movie_retrieval.v1 import retrieval_service_pb2 as pb
+from movie_retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m candidate_service.client",
+        description="Print a user's top-k movies from the candidate service.",
+    )
+    p.add_argument("--address", default="localhost:50051")
+    p.add_argument("--user", required=True, help="MovieLens user id")
+    p.add_argument("-k", type=int, default=10, help="default: %(default)s")
+    p.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds per call"
+    )
+    p.add_argument(
+        "--wait-ready",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to this long for the service to report SERVING",
+    )
+    return p
+
+
+def wait_until_serving(channel: grpc.Channel, timeout_s: float) -> bool:
+    """Polls the standard health service until SERVING or `timeout_s`."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        for update in stub.Watch(
+            health_pb2.HealthCheckRequest(service=""),
+            timeout=timeout_s,
+            wait_for_ready=True,
+        ):
+            if update.status == health_pb2.HealthCheckResponse.SERVING:
+                return True
+    except grpc.RpcError:
+        return False
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    with grpc.insecure_channel(args.address) as channel:
+        if args.wait_ready and not wait_until_serving(
+            channel, args.wait_ready
+        ):
+            print(
+                f"{args.address} did not report SERVING within "
+                f"{args.wait_ready:.0f} s",
+                file=sys.stderr,
+            )
+            return 1
+        stub = pb_grpc.RetrievalServiceStub(channel)
+        try:
+            response = stub.Retrieve(
+                pb.RetrieveRequest(user_id=args.user, k=args.k),
+                timeout=args.timeout,
+            )
+        except grpc.RpcError as e:
+            print(f"{e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+    print(
+        f"Top {len(response.movies)} movies for user {args.user} "
+        f"(model version {response.model_version}):"
+    )
+    for rank, movie in enumerate(response.movies, start=1):
+        print(f"{rank:3d}. {movie.title}  [id {movie.movie_id}, "
+              f"score {movie.score:.3f}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Wires the candidate service: the gRPC server, health, and the loop that
+brings the newest published version into service."""
+
+import dataclasses
+import logging
+import threading
+from pathlib import Path
+
+from candidate_service.query_client import QueryClient
+from candidate_service.retriever import Retriever
+from candidate_service.servicer import RetrievalServiceServicer
+from candidate_service.versions import (
+    ServingVersion,
+    VersionRefused,
+    load_version,
+)
+from model_store import layout
+from movie_retrieval.v1 import retrieval_service_pb2 as pb
+from movie_retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
+from serving_common.errors import ServiceError
+from serving_common.server import BoundServer, start_server
+
+_log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RetrievalService"].full_name
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How the candidate service runs.
+
+    Attributes:
+      address: host:port to listen on; port 0 binds a free port.
+      models_dir: the trainer's models directory.
+      query_server: host:port of the query server (TF Serving API).
+      query_timeout_s: deadline of each call to the query server.
+      poll_s: how often to look for a newer version.
+    """
+
+    address: str = "0.0.0.0:50051"
+    models_dir: Path = Path("models")
+    query_server: str = "localhost:8500"
+    query_timeout_s: float = 1.0
+    poll_s: float = 2.0
+
+
+class CandidateServer:
+    """A running candidate service.
+
+    Health is NOT_SERVING until a version's index is loaded and a warm-up
+    query has gone through the query server with that version.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.query_client = QueryClient(settings.query_server)
+        self.retriever = Retriever(self.query_client)
+        self._refused: set[int] = set()
+        self._stop = threading.Event()
+
+        def register(server):
+            pb_grpc.add_RetrievalServiceServicer_to_server(
+                RetrievalServiceServicer(
+                    self.retriever, settings.query_timeout_s
+                ),
+                server,
+            )
+
+        self.bound: BoundServer = start_server(
+            settings.address, register, [SERVICE_NAME]
+        )
+        _log.info(
+            "candidate service listening on port %d; models from %s, query "
+            "server at %s",
+            self.bound.port,
+            settings.models_dir,
+            settings.query_server,
+        )
+        self._watcher = threading.Thread(
+            target=self._watch, name="version-watch", daemon=True
+        )
+        self._watcher.start()
+
+    @property
+    def port(self) -> int:
+        return self.bound.port
+
+    def stop(self, grace_s: float | None = None) -> None:
+        self._stop.set()
+        self.bound.stop(grace_s)
+        self.query_client.close()
+
+    def _watch(self) -> None:
+        waiting_logged = False
+        while not self._stop.is_set():
+            try:
+                latest = layout.latest_version(self.settings.models_dir)
+                current = self.retriever.serving
+                if latest is None and not waiting_logged:
+                    _log.warning(
+                        "no complete version under %s yet; waiting",
+                        self.settings.models_dir,
+                    )
+                    waiting_logged = True
+                elif (
+                    latest is not None
+                    and latest not in self._refused
+                    and (current is None or latest != current.version)
+                ):
+                    self._bring_up(latest)
+            except Exception:  # noqa: BLE001 - the watcher must survive
+                _log.exception("checking for new versions failed")
+            self._stop.wait(self.settings.poll_s)
+
+    def _bring_up(self, version: int) -> None:
+        try:
+            candidate = load_version(self.settings.models_dir, version)
+            self._warm_up(candidate)
+        except VersionRefused as e:
+            self._refused.add(version)
+            _log.error("refusing version %d: %s", version, e)
+            return
+        except ServiceError as e:
+            # Usually the query server has not loaded the version yet; the
+            # next poll tries again.
+            _log.info("version %d not ready: %s", version, e.message)
+            return
+        self.retriever.swap(candidate)
+        self.bound.set_serving(True)
+        _log.info(
+            "serving version %d: %d candidates of dimension %d (%s index)",
+            version,
+            candidate.index.size,
+            candidate.index.dimension,
+            candidate.index.config.method,
+        )
+
+    def _warm_up(self, candidate: ServingVersion) -> None:
+        timeout = self.settings.query_timeout_s
+        if not self.query_client.is_available(candidate.version, timeout):
+            raise ServiceError(
+                f"query server at {self.settings.query_server} does not "
+                f"report version {candidate.version} AVAILABLE yet"
+            )
+        users = candidate.warmup_user_ids or ["warmup"]
+        queries = self.query_client.embed(users, candidate.version, timeout)
+        if queries.shape[1] != candidate.index.dimension:
+            raise VersionRefused(
+                f"query tower of version {candidate.version} returns "
+                f"dimension {queries.shape[1]}, its index has "
+                f"{candidate.index.dimension}"
+            )
+        candidate.index.search(queries, min(10, candidate.index.size))
+
+
+def create_server(settings: Settings) -> CandidateServer:
+    """Starts a candidate service (see `CandidateServer`)."""
+    return CandidateServer(settings)

@@ -1,0 +1,1 @@
+"""The published-version layout shared by the trainer and both services."""

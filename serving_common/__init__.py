@@ -1,0 +1,1 @@
+"""Pieces both gRPC services share: logging, errors, server wiring."""
