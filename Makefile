@@ -48,3 +48,9 @@ test-slow: install
 
 clean:
 	rm -rf build movie_retrieval .pytest_cache
+
+bench-quality: install
+	$(PY) -m bench.quality --out bench/results/quality.json
+
+bench-serving: install
+	$(PY) -m bench.serving --out bench/results/serving.json

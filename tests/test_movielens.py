@@ -390,7 +390,7 @@ def test_small_blocks_load_the_same_as_one_block(fmt, tmp_path, monkeypatch):
     # through NumPy, so both must agree on values and order.
     release.rating_lines.insert(4, "")
     release.write()
-    monkeypatch.setattr(movielens, "_CHUNK_LINES", 3)
+    monkeypatch.setattr(movielens, "_BLOCK_BYTES", 40)
 
     assert_loads_as_written(movielens.load(release.folder), release)
 
@@ -574,19 +574,19 @@ FAULTS = [
 ]
 
 
-@pytest.mark.parametrize("chunk_lines", [None, 3], ids=["one_block", "blocks"])
+@pytest.mark.parametrize("block_bytes", [None, 40], ids=["one_block", "blocks"])
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
 @pytest.mark.parametrize("fmt", FORMATS, ids=FORMAT_IDS)
 def test_malformed_row_names_file_line_and_row(
-    fmt, fault, chunk_lines, tmp_path, monkeypatch
+    fmt, fault, block_bytes, tmp_path, monkeypatch
 ):
     release = make_release(fmt, tmp_path)
     bad_line = fault.make_line(fmt)
     lines = {"ratings": release.rating_lines, "movies": release.movie_lines}
     lines[fault.file][fault.index] = bad_line
     release.write()
-    if chunk_lines is not None:
-        monkeypatch.setattr(movielens, "_CHUNK_LINES", chunk_lines)
+    if block_bytes is not None:
+        monkeypatch.setattr(movielens, "_BLOCK_BYTES", block_bytes)
 
     with pytest.raises(movielens.DataFormatError) as caught:
         movielens.load(release.folder)

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import http.client
 import io
-import itertools
 import logging
 import math
 import os
@@ -25,7 +24,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -79,10 +78,10 @@ ML100K_GENRES = (
 # Genre labels that mean "no genre": a movie carrying only these gets ().
 _NO_GENRE = frozenset({"unknown", "(no genres listed)"})
 
-# Lines parsed per block. Large enough that NumPy's parser dominates the
-# cost, small enough that the block's temporary Python strings stay a few
-# tens of megabytes even for the 25M and 32M releases.
-_CHUNK_LINES = 1 << 18
+# Bytes of the ratings file parsed at a time (rounded up to a whole line).
+# Large enough that NumPy's parser dominates the cost, small enough that a
+# block's temporary copies stay a few tens of megabytes on ml-32m.
+_BLOCK_BYTES = 16 << 20
 
 # Same shape for both parsers, so a block parsed either way fills the output
 # arrays the same way. Ratings are parsed as float64 and range-checked before
@@ -629,8 +628,9 @@ def _read_ratings(
         if layout.ratings_header is not None:
             _check_header(path, f, layout.ratings_header)
             first_line = 2
-        while block := list(itertools.islice(f, _CHUNK_LINES)):
-            rows = _parse_block_fast(block, layout, known)
+        for block in _blocks(f, _BLOCK_BYTES):
+            num_block_lines = block.count(b"\n") + (not block.endswith(b"\n"))
+            rows = _parse_block_fast(block, num_block_lines, layout, known)
             if rows is None:
                 rows = _parse_block_slowly(
                     path, block, first_line, layout, movies
@@ -641,52 +641,61 @@ def _read_ratings(
             for name, column in columns.items():
                 column[filled:end] = rows[name]
             filled = end
-            first_line += len(block)
+            first_line += num_block_lines
 
     return Ratings(**{name: c[:filled] for name, c in columns.items()})
 
 
+def _blocks(f, size: int) -> Iterator[bytes]:
+    """Reads a binary file in blocks of about `size` bytes that end at a
+    line end (or at the end of the file)."""
+    while block := f.read(size):
+        if not block.endswith(b"\n"):
+            block += f.readline()
+        yield block
+
+
 def _parse_block_fast(
-    block: list[bytes], layout: _Layout, known_movies: np.ndarray
+    block: bytes,
+    num_lines: int,
+    layout: _Layout,
+    known_movies: np.ndarray,
 ) -> np.ndarray | None:
     """Parses a block with NumPy, or returns None if anything is off.
 
     Args:
-      block: raw lines, line endings included.
+      block: whole lines of the ratings file.
+      num_lines: how many lines `block` holds.
       layout: the release layout.
       known_movies: int64 [m], ids of the movies file.
 
     Returns:
-      `_ROW_DTYPE` [len(block)], or None when a line would not parse, a
-      value fails a check, or there are blank lines (whose skipping is left
-      to the line parser, which counts lines exactly).
+      `_ROW_DTYPE` [num_lines], or None when a line would not parse or
+      decode, a value fails a check, or there are blank lines (whose
+      skipping is left to the line parser, which counts lines exactly).
     """
-    try:
-        text = b"".join(block).decode(layout.encoding)
-    except UnicodeDecodeError:
-        return None
-    if not text or text.isspace():
+    if block.isspace():
         return None
     delimiter = layout.delimiter
     if len(delimiter) > 1:
         # loadtxt splits on one character only. A tab inside a "::" row
         # then makes a wrong field count, which the line parser reports.
-        text = text.replace(delimiter, "\t")
+        block = block.replace(delimiter.encode("ascii"), b"\t")
         delimiter = "\t"
 
     try:
         rows = np.loadtxt(
-            io.StringIO(text),
+            io.TextIOWrapper(io.BytesIO(block), encoding=layout.encoding),
             dtype=_ROW_DTYPE,
             delimiter=delimiter,
             comments=None,
             quotechar=None,
             ndmin=1,
         )
-    except (ValueError, OverflowError):
+    except (ValueError, OverflowError):  # UnicodeDecodeError included.
         return None
 
-    if len(rows) != len(block):
+    if len(rows) != num_lines:
         return None
     if not np.all(np.abs(rows["rating"]) <= _FLOAT32_MAX):
         return None  # NaN fails this too.
@@ -697,7 +706,7 @@ def _parse_block_fast(
 
 def _parse_block_slowly(
     path: Path,
-    block: list[bytes],
+    block: bytes,
     first_line: int,
     layout: _Layout,
     movies: Mapping[int, Movie],
@@ -731,7 +740,10 @@ def _parse_block_slowly(
             )
         return parsed
 
-    rows = _parse_lines(path, block, first_line, layout.encoding, parse)
+    lines = block.split(b"\n")
+    if block.endswith(b"\n"):
+        lines.pop()  # The empty piece after the last line end.
+    rows = _parse_lines(path, lines, first_line, layout.encoding, parse)
     return np.array(rows, dtype=_ROW_DTYPE)
 
 
