@@ -34,7 +34,10 @@ class Settings:
       models_dir: the trainer's models directory.
       query_server: host:port of the query server (TF Serving API).
       query_timeout_s: deadline of each call to the query server.
-      poll_s: how often to look for a newer version.
+      poll_s: how often to look for a newer version and to check that the
+        query server still answers.
+      max_in_flight: requests handled at once before new ones are refused
+        with RESOURCE_EXHAUSTED.
     """
 
     address: str = "0.0.0.0:50051"
@@ -42,6 +45,7 @@ class Settings:
     query_server: str = "localhost:8500"
     query_timeout_s: float = 1.0
     poll_s: float = 2.0
+    max_in_flight: int = 64
 
 
 class CandidateServer:
@@ -56,6 +60,8 @@ class CandidateServer:
         self.query_client = QueryClient(settings.query_server)
         self.retriever = Retriever(self.query_client)
         self._refused: set[int] = set()
+        self._healthy = False
+        self._waiting_for: int | None = None
         self._stop = threading.Event()
 
         def register(server):
@@ -67,7 +73,10 @@ class CandidateServer:
             )
 
         self.bound: BoundServer = start_server(
-            settings.address, register, [SERVICE_NAME]
+            settings.address,
+            register,
+            [SERVICE_NAME],
+            max_in_flight=settings.max_in_flight,
         )
         _log.info(
             "candidate service listening on port %d; models from %s, query "
@@ -102,15 +111,35 @@ class CandidateServer:
                         self.settings.models_dir,
                     )
                     waiting_logged = True
-                elif (
+                if (
                     latest is not None
                     and latest not in self._refused
                     and (current is None or latest != current.version)
                 ):
                     self._bring_up(latest)
+                current = self.retriever.serving
+                if current is not None:
+                    self._check_query_server(current.version)
             except Exception:  # noqa: BLE001 - the watcher must survive
                 _log.exception("checking for new versions failed")
             self._stop.wait(self.settings.poll_s)
+
+    def _check_query_server(self, version: int) -> None:
+        """Health follows the query server: without it no Retrieve works."""
+        try:
+            ok = self.query_client.is_available(
+                version, self.settings.query_timeout_s
+            )
+            problem = f"version {version} is not AVAILABLE there"
+        except ServiceError as e:
+            ok, problem = False, e.message
+        if ok != self._healthy:
+            if ok:
+                _log.info("query server is back; SERVING")
+            else:
+                _log.warning("NOT_SERVING: %s", problem)
+            self._healthy = ok
+            self.bound.set_serving(ok)
 
     def _bring_up(self, version: int) -> None:
         try:
@@ -123,9 +152,12 @@ class CandidateServer:
         except ServiceError as e:
             # Usually the query server has not loaded the version yet; the
             # next poll tries again.
-            _log.info("version %d not ready: %s", version, e.message)
+            if self._waiting_for != version:
+                _log.info("version %d not ready yet: %s", version, e.message)
+                self._waiting_for = version
             return
         self.retriever.swap(candidate)
+        self._healthy = True
         self.bound.set_serving(True)
         _log.info(
             "serving version %d: %d candidates of dimension %d (%s index)",
@@ -136,6 +168,12 @@ class CandidateServer:
         )
 
     def _warm_up(self, candidate: ServingVersion) -> None:
+        """Checks the version end to end with real queries.
+
+        Raises:
+          VersionRefused: the query tower and the index disagree.
+          ServiceError: the query server cannot serve the version yet.
+        """
         timeout = self.settings.query_timeout_s
         if not self.query_client.is_available(candidate.version, timeout):
             raise ServiceError(
@@ -144,6 +182,8 @@ class CandidateServer:
             )
         users = candidate.warmup_user_ids or ["warmup"]
         queries = self.query_client.embed(users, candidate.version, timeout)
+        # Dimension first: a mismatch means the towers and the index are
+        # from different models, and the version must never serve.
         if queries.shape[1] != candidate.index.dimension:
             raise VersionRefused(
                 f"query tower of version {candidate.version} returns "

@@ -5,6 +5,7 @@ import hashlib
 import logging
 from pathlib import Path
 
+from candidate_service.history import HistoryLoadError, UserHistory
 from candidate_service.index import CandidateIndex
 from model_store import layout
 
@@ -23,12 +24,14 @@ class ServingVersion:
       version: the model version; queries must be embedded by its tower.
       index: the candidate index.
       manifest: the version's manifest as published.
+      history: users' rated movies and the popularity ranking.
       titles_by_id: each movie id's title.
     """
 
     version: int
     index: CandidateIndex
     manifest: dict
+    history: UserHistory
     titles_by_id: dict[int, str]
 
     @property
@@ -64,7 +67,8 @@ def load_version(models_dir: Path, version: int) -> ServingVersion:
     _verify_checksums(paths.index, manifest.get("checksums", {}))
     try:
         index = CandidateIndex.load(paths.index)
-    except (OSError, ValueError) as e:
+        history = UserHistory.load(paths.index)
+    except (OSError, ValueError, HistoryLoadError) as e:
         raise VersionRefused(f"version {version}: {e}") from e
     if index.dimension != manifest.get("dimension"):
         raise VersionRefused(
@@ -80,5 +84,6 @@ def load_version(models_dir: Path, version: int) -> ServingVersion:
         version=version,
         index=index,
         manifest=manifest,
+        history=history,
         titles_by_id=dict(zip(index.movie_ids.tolist(), index.titles)),
     )

@@ -28,6 +28,7 @@ INDEX = "index"
 PARTS = (CANDIDATE, INDEX, QUERY)  # rename order: query last
 MANIFEST = "manifest.json"
 _STAGING = ".staging"
+_RETIRED = ".retired"
 
 
 class PublishError(RuntimeError):
@@ -89,9 +90,11 @@ def latest_version(models_dir: Path) -> int | None:
 
 
 def next_version(models_dir: Path) -> int:
-    """Returns one more than any version present, complete or not."""
+    """Returns one more than any version present, complete, partial or
+    retired: a number is never reused, so no server mistakes a new model
+    for one it has cached."""
     models_dir = Path(models_dir)
-    seen = set()
+    seen = _numeric_dirs(models_dir / _RETIRED)
     for part in PARTS:
         seen |= _numeric_dirs(models_dir / part)
     return max(seen, default=0) + 1
@@ -166,3 +169,53 @@ def publish(staged: Path, models_dir: Path, version: int) -> VersionPaths:
 
     _log.info("published version %d under %s", version, models_dir)
     return target
+
+
+def retire(models_dir: Path, version: int) -> Path:
+    """Takes a version out of service, keeping its files.
+
+    Its parts move under `<models>/.retired/<version>/`, query tower first
+    so TF Serving stops serving it before the rest goes. The services then
+    fall back to the newest version left: this is how a rollback is done.
+
+    Returns:
+      Where the version's files now are.
+
+    Raises:
+      PublishError: the version does not exist.
+    """
+    models_dir = Path(models_dir)
+    source = VersionPaths(models_dir, version)
+    if not any(source.part(p).exists() for p in PARTS):
+        raise PublishError(f"version {version} does not exist in {models_dir}")
+    dest = models_dir / _RETIRED / str(version)
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in reversed(PARTS):
+        if source.part(part).exists():
+            os.rename(source.part(part), dest / part)
+    _log.info("retired version %d to %s", version, dest)
+    return dest
+
+
+def prune(models_dir: Path, keep: int) -> list[int]:
+    """Deletes all but the newest `keep` complete versions, and the retired
+    ones.
+
+    Returns:
+      The versions deleted.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    models_dir = Path(models_dir)
+    doomed = complete_versions(models_dir)[:-keep]
+    for version in doomed:
+        for part in reversed(PARTS):
+            shutil.rmtree(VersionPaths(models_dir, version).part(part))
+    retired = sorted(_numeric_dirs(models_dir / _RETIRED))
+    for version in retired:
+        shutil.rmtree(models_dir / _RETIRED / str(version))
+    if doomed or retired:
+        _log.info(
+            "pruned versions %s and retired versions %s", doomed, retired
+        )
+    return doomed + retired

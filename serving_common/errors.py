@@ -59,9 +59,18 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error; see the server log"
 
 
-def _wrap_unary(behaviour, method: str):
-    def handler(request, context):
+def _wrap_unary(behaviour, deserialize, method: str):
+    def handler(raw, context):
         try:
+            # Parsing here rather than in gRPC: its own failure to parse is
+            # INTERNAL, but bytes that are not a valid message are the
+            # caller's error.
+            try:
+                request = deserialize(raw) if deserialize else raw
+            except Exception as e:  # noqa: BLE001 - any parse failure
+                raise InvalidArgument(
+                    f"the request is not a valid message for {method}: {e}"
+                ) from e
             return behaviour(request, context)
         except ServiceError as e:
             _log.debug("%s failed: %s", method, e.message)
@@ -78,14 +87,19 @@ def _wrap_unary(behaviour, method: str):
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
-    """Maps exceptions escaping unary handlers to status codes."""
+    """Maps exceptions escaping unary handlers to status codes, and
+    unparseable requests to INVALID_ARGUMENT."""
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(handler.unary_unary, handler_call_details.method),
-            request_deserializer=handler.request_deserializer,
+            _wrap_unary(
+                handler.unary_unary,
+                handler.request_deserializer,
+                handler_call_details.method,
+            ),
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )

@@ -47,6 +47,7 @@ def start_server(
     register: Callable[[grpc.Server], None],
     service_names: Sequence[str],
     max_workers: int = 16,
+    max_in_flight: int | None = None,
 ) -> BoundServer:
     """Builds, binds and starts a server.
 
@@ -56,6 +57,9 @@ def start_server(
       service_names: full names of the registered services, for health and
         reflection.
       max_workers: threads handling RPCs.
+      max_in_flight: beyond this many RPCs at once, new ones fail at once
+        with RESOURCE_EXHAUSTED instead of queueing without bound; None
+        for no limit.
 
     Returns:
       The started server, NOT_SERVING until the caller says otherwise.
@@ -67,6 +71,7 @@ def start_server(
         concurrent.futures.ThreadPoolExecutor(max_workers=max_workers),
         interceptors=[ErrorInterceptor()],
         options=[("grpc.so_reuseport", 0)],
+        maximum_concurrent_rpcs=max_in_flight,
     )
     register(server)
     health_servicer = health.HealthServicer()

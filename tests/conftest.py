@@ -129,3 +129,22 @@ def candidate_server(small_published, query_server):
         assert wait_until_serving(channel, 30), "candidate service not ready"
     yield server
     server.stop(0)
+
+
+# Figures the lifecycle tests report (requests sent, failed, by status code),
+# printed at the end of the run and written to build/test-figures.json so
+# runs can be compared.
+FIGURES: dict = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FIGURES:
+        return
+    import json
+
+    terminalreporter.section("traffic figures")
+    for name, figures in FIGURES.items():
+        terminalreporter.write_line(f"{name}: {json.dumps(figures)}")
+    out = REPO / "build" / "test-figures.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(FIGURES, indent=2) + "\n")

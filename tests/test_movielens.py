@@ -395,6 +395,31 @@ def test_small_blocks_load_the_same_as_one_block(fmt, tmp_path, monkeypatch):
     assert_loads_as_written(movielens.load(release.folder), release)
 
 
+@pytest.mark.parametrize("fmt", FORMATS, ids=FORMAT_IDS)
+def test_clean_blocks_never_need_the_line_parser(fmt, tmp_path, monkeypatch):
+    release = make_release(fmt, tmp_path)
+    # The line parser exists for exact error lines; well-formed data that
+    # reached it would make every large load several times slower.
+    monkeypatch.setattr(movielens, "_BLOCK_BYTES", 40)
+    monkeypatch.setattr(movielens, "_parse_block_slowly", _unexpected)
+
+    assert_loads_as_written(movielens.load(release.folder), release)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=FORMAT_IDS)
+def test_line_parser_alone_reads_the_same_values(fmt, tmp_path, monkeypatch):
+    release = make_release(fmt, tmp_path)
+    monkeypatch.setattr(
+        movielens, "_parse_block_fast", lambda *args, **kwargs: None
+    )
+
+    assert_loads_as_written(movielens.load(release.folder), release)
+
+
+def _unexpected(*args, **kwargs):
+    raise AssertionError("the line parser was used")
+
+
 def test_csv_release_is_named_after_its_folder(tmp_path):
     release = make_release(dataclasses.replace(CSV, folder="ml-25m"), tmp_path)
 
@@ -918,6 +943,18 @@ def test_fetch_checks_the_published_ml100k_checksums_by_default(
 
     assert movielens.KNOWN_SHA256["ml-100k"]["u.data"] in str(caught.value)
     assert list(cache.iterdir()) == []
+
+
+def test_fetch_accepts_the_real_ml100k_with_default_checksums(
+    server, real_dir, tmp_path
+):
+    with zipfile.ZipFile(server.root / "ml-100k.zip", "w") as zf:
+        for name in ("u.data", "u.item", "u.genre"):
+            zf.write(real_dir / name, f"ml-100k/{name}")
+
+    folder = fetch(server.url, tmp_path / "cache")
+
+    assert movielens.load(folder).sha256 == movielens.load(real_dir).sha256
 
 
 def test_fetch_rejects_bytes_that_are_not_a_zip(server, tmp_path):

@@ -35,10 +35,10 @@ _log = logging.getLogger(__name__)
 DATA_DIR_ENV = "MOVIELENS_DATA_DIR"
 DEFAULT_BASE_URL = "https://files.grouplens.org/datasets/movielens"
 
-# sha256 of data files inside published archives, by release. These are the
-# public checksums of GroupLens's ml-100k files (as recorded in the shared
-# data manifest); releases missing here are checked by the md5 GroupLens
-# publishes next to each zip.
+# sha256 of data files inside published archives, by release: for ml-100k,
+# u.data and u.item as GroupLens publishes them (the byte-identical copy that
+# most public mirrors carry). Releases missing here are checked only by the
+# md5 GroupLens publishes next to each zip.
 KNOWN_SHA256: Mapping[str, Mapping[str, str]] = types.MappingProxyType(
     {
         "ml-100k": types.MappingProxyType(
@@ -252,7 +252,7 @@ class _Layout:
       delimiter: field separator of the ratings file.
       encoding: text encoding of both files.
       ratings_header: header row of the ratings file, if it has one.
-      read_movies: reads the movies file from (folder, path, file bytes).
+      read_movies: reads the movies file from (path, bytes, encoding).
     """
 
     release: str | None
@@ -261,7 +261,7 @@ class _Layout:
     delimiter: str
     encoding: str
     ratings_header: tuple[str, ...] | None
-    read_movies: Callable[[Path, Path, bytes], dict[int, Movie]]
+    read_movies: Callable[[Path, bytes, str], dict[int, Movie]]
 
     def describe(self) -> str:
         return f"{self.ratings_file} + {self.movies_file}"
@@ -296,7 +296,7 @@ def load(data_dir: str | os.PathLike) -> Dataset:
     movies_path = folder / layout.movies_file
 
     movies_bytes = movies_path.read_bytes()
-    movies = layout.read_movies(folder, movies_path, movies_bytes)
+    movies = layout.read_movies(movies_path, movies_bytes, layout.encoding)
 
     digest = hashlib.sha256()
     num_lines = _hash_and_count_lines(ratings_path, digest)
@@ -349,8 +349,9 @@ def fetch(
       ValueError: `release` is not a plain archive name, or `base_url` is
         not a URL urllib can open.
       DownloadError: the download failed, an archive member would land
-        outside the cache, or a checksum did not match; whatever was
-        downloaded has been deleted.
+        outside the cache, or a checksum did not match (whatever was
+        downloaded has then been deleted); or `<cache_dir>/<release>`
+        exists but fetch did not make it (it is left alone).
     """
     if not _RELEASE_PATTERN.fullmatch(release):
         raise ValueError(
@@ -376,8 +377,9 @@ def fetch(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     except _FetchFailure as e:
+        reason = " ".join(str(e).split())  # One line, whatever the cause.
         raise DownloadError(
-            f"could not download {release} from {url}: {e}. Point "
+            f"could not download {release} from {url}: {reason}. Point "
             f"--data-dir or {DATA_DIR_ENV} at a local copy of the "
             f"{release} folder."
         ) from e
@@ -419,9 +421,12 @@ def resolve_data_dir(
 # ---------------------------------------------------------------- movies
 
 
-def _read_100k_movies(folder: Path, path: Path, data: bytes):
-    """Reads u.item: id|title|release date|video date|url|19 genre flags."""
-    names = _read_100k_genres(folder / "u.genre")
+def _read_100k_movies(path: Path, data: bytes, encoding: str):
+    """Reads u.item: id|title|release date|video date|url|19 genre flags.
+
+    Genre names come from u.genre beside it, when there is one.
+    """
+    names = _read_100k_genres(path.parent / "u.genre", encoding)
     movies: dict[int, Movie] = {}
 
     def parse(text: str) -> None:
@@ -441,11 +446,11 @@ def _read_100k_movies(folder: Path, path: Path, data: bytes):
             genres.append(names[index])
         _add_movie(movies, movie_id, fields[1], genres)
 
-    _parse_lines(path, io.BytesIO(data), 1, "latin-1", parse)
+    _parse_lines(path, io.BytesIO(data), 1, encoding, parse)
     return movies
 
 
-def _read_100k_genres(path: Path) -> dict[int, str]:
+def _read_100k_genres(path: Path, encoding: str) -> dict[int, str]:
     """Reads u.genre ("name|index" rows) into names by column index.
 
     Without the file, the published column order applies.
@@ -466,37 +471,35 @@ def _read_100k_genres(path: Path) -> dict[int, str]:
         names[index] = name
 
     with path.open("rb") as lines:
-        _parse_lines(path, lines, 1, "latin-1", parse)
+        _parse_lines(path, lines, 1, encoding, parse)
     return names
 
 
-def _read_1m_movies(folder: Path, path: Path, data: bytes):
+def _read_1m_movies(path: Path, data: bytes, encoding: str):
     """Reads movies.dat: id::title::genre|genre|..."""
-    del folder  # The 1M movies file is self-contained.
-    movies: dict[int, Movie] = {}
-
-    def parse(text: str) -> None:
-        movie_id, title, genres = _expect_fields(text.split("::"), 3, "::")
-        _add_movie(
-            movies,
-            _parse_int(movie_id, "movie id"),
-            title,
-            genres.split("|"),
-        )
-
-    _parse_lines(path, io.BytesIO(data), 1, "latin-1", parse)
-    return movies
+    return _read_movie_rows(path, io.BytesIO(data), 1, encoding, "::")
 
 
-def _read_csv_movies(folder: Path, path: Path, data: bytes):
-    """Reads movies.csv: a header, then movieId,title,genre|genre|..."""
-    del folder  # The CSV movies file is self-contained.
+def _read_csv_movies(path: Path, data: bytes, encoding: str):
+    """Reads movies.csv: a header, then id,title,genre|genre|..."""
     lines = io.BytesIO(data)
     _check_header(path, lines, ("movieId", "title", "genres"))
+    return _read_movie_rows(path, lines, 2, encoding, ",")
+
+
+def _read_movie_rows(
+    path: Path,
+    lines: Iterable[bytes],
+    first_line: int,
+    encoding: str,
+    delimiter: str,
+) -> dict[int, Movie]:
+    """Reads rows of movie id, title, and genre names joined by "|"."""
     movies: dict[int, Movie] = {}
 
     def parse(text: str) -> None:
-        movie_id, title, genres = _expect_fields(_split_csv(text), 3, ",")
+        fields = _split(text, delimiter)
+        movie_id, title, genres = _expect_fields(fields, 3, delimiter)
         _add_movie(
             movies,
             _parse_int(movie_id, "movie id"),
@@ -504,7 +507,7 @@ def _read_csv_movies(folder: Path, path: Path, data: bytes):
             genres.split("|"),
         )
 
-    _parse_lines(path, lines, 2, "utf-8-sig", parse)
+    _parse_lines(path, lines, first_line, encoding, parse)
     return movies
 
 
@@ -584,7 +587,8 @@ def _missing_files_message(folder: Path) -> str:
 
 
 def _hash_and_count_lines(path: Path, digest) -> int:
-    """Feeds the file to `digest` and returns how many lines it has."""
+    """Feeds the file to `digest` (a hashlib object) and returns how many
+    lines it has."""
     count = 0
     last = b"\n"
     with path.open("rb") as f:
@@ -608,8 +612,15 @@ def _read_ratings(
     fail a check, is parsed again line by line, which either finds the bad
     line and raises or accepts what loadtxt was stricter about.
 
+    Args:
+      path: the ratings file.
+      layout: its release layout.
+      movies: the movies file's movies, which every rating must refer to.
+      num_lines: lines in the file, an upper bound on the ratings.
+
     Raises:
       DataFormatError: a row is malformed.
+      RuntimeError: the file grew after its lines were counted.
     """
     columns = {
         name: np.empty(num_lines, dtype)
@@ -721,12 +732,8 @@ def _parse_block_slowly(
     """
 
     def parse(text: str) -> tuple[int, int, float, int]:
-        if layout.delimiter == ",":
-            fields = _split_csv(text)
-        else:
-            fields = text.split(layout.delimiter)
         user_id, movie_id, rating, timestamp = _expect_fields(
-            fields, 4, layout.delimiter
+            _split(text, layout.delimiter), 4, layout.delimiter
         )
         parsed = (
             _parse_int(user_id, "user id"),
@@ -806,7 +813,9 @@ def _parse_lines(
     return values
 
 
-def _check_header(path: Path, lines, expected: tuple[str, ...]) -> None:
+def _check_header(
+    path: Path, lines: Iterator[bytes], expected: tuple[str, ...]
+) -> None:
     """Consumes the first line of `lines` and checks it is `expected`.
 
     Raises:
@@ -825,6 +834,13 @@ def _check_header(path: Path, lines, expected: tuple[str, ...]) -> None:
     _parse_lines(path, [header], 1, "utf-8-sig", parse)
 
 
+def _split(text: str, delimiter: str) -> list[str]:
+    """Splits one line into fields; "," means CSV with quoting."""
+    if delimiter == ",":
+        return _split_csv(text)
+    return text.split(delimiter)
+
+
 def _split_csv(text: str) -> list[str]:
     """Splits one CSV line, honouring quotes and doubled quotes.
 
@@ -840,6 +856,7 @@ def _split_csv(text: str) -> list[str]:
 def _expect_fields(
     fields: Sequence[str], count: int, delimiter: str
 ) -> Sequence[str]:
+    """Returns `fields`, or raises `_RowError` unless there are `count`."""
     if len(fields) != count:
         kind = {"\t": "tab", ",": "comma"}.get(delimiter, repr(delimiter))
         raise _RowError(
@@ -849,6 +866,7 @@ def _expect_fields(
 
 
 def _parse_int(text: str, what: str) -> int:
+    """Parses a decimal int64 field named `what`; raises `_RowError`."""
     if not _INT_PATTERN.fullmatch(text):
         raise _RowError(f"{what} {text!r} is not an integer")
     value = int(text)
@@ -858,6 +876,7 @@ def _parse_int(text: str, what: str) -> int:
 
 
 def _parse_rating(text: str) -> float:
+    """Parses a rating that fits float32; raises `_RowError`."""
     if not _FLOAT_PATTERN.fullmatch(text):
         raise _RowError(f"rating {text!r} is not a number")
     value = float(text)
@@ -897,6 +916,7 @@ class _FetchFailure(Exception):
 
 
 def _default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/movie-retrieval, or ~/.cache/movie-retrieval."""
     base = os.environ.get("XDG_CACHE_HOME")
     root = Path(base) if base else Path.home() / ".cache"
     return root / "movie-retrieval"
@@ -1089,6 +1109,8 @@ def _unpack(archive: Path, destination: Path) -> None:
 
 
 def _check_member(member: zipfile.ZipInfo, root: Path) -> None:
+    """Raises `_FetchFailure` unless `member` unpacks to a plain file or
+    folder inside `root`."""
     name = member.filename
     parts = PurePosixPath(name.replace("\\", "/"))
     if (
