@@ -38,6 +38,8 @@ class Settings:
         query server still answers.
       max_in_flight: requests handled at once before new ones are refused
         with RESOURCE_EXHAUSTED.
+      max_batch: most concurrent Retrieve calls sent to the query server
+        as one batch.
     """
 
     address: str = "0.0.0.0:50051"
@@ -46,6 +48,7 @@ class Settings:
     query_timeout_s: float = 1.0
     poll_s: float = 2.0
     max_in_flight: int = 64
+    max_batch: int = 64
 
 
 class CandidateServer:
@@ -67,7 +70,9 @@ class CandidateServer:
         def register(server):
             pb_grpc.add_RetrievalServiceServicer_to_server(
                 RetrievalServiceServicer(
-                    self.retriever, settings.query_timeout_s
+                    self.retriever,
+                    settings.query_timeout_s,
+                    settings.max_batch,
                 ),
                 server,
             )
@@ -76,6 +81,9 @@ class CandidateServer:
             settings.address,
             register,
             [SERVICE_NAME],
+            # A thread per request in flight, so that all of them can wait
+            # in one coalesced batch.
+            max_workers=settings.max_in_flight,
             max_in_flight=settings.max_in_flight,
         )
         _log.info(

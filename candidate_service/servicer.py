@@ -7,6 +7,7 @@ import logging
 
 import grpc
 
+from candidate_service.batching import Coalescer
 from candidate_service.retriever import Query, Retrieval, Retriever
 from movie_retrieval.v1 import retrieval_service_pb2 as pb
 from movie_retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
@@ -65,14 +66,21 @@ def _response(result: Retrieval) -> pb.RetrieveResponse:
 class RetrievalServiceServicer(pb_grpc.RetrievalServiceServicer):
     """Serves Retrieve and BatchRetrieve from a `Retriever`.
 
+    Single Retrieve calls that arrive together are coalesced into one
+    query-server call (see `batching`).
+
     Args:
       retriever: does the work.
       query_timeout_s: the deadline of the call to the query server when
         the caller's own deadline is later or unset.
+      max_batch: most Retrieve calls coalesced into one batch.
     """
 
-    def __init__(self, retriever: Retriever, query_timeout_s: float):
+    def __init__(
+        self, retriever: Retriever, query_timeout_s: float, max_batch: int
+    ):
         self._retriever = retriever
+        self._coalescer = Coalescer(retriever, max_batch)
         self._query_timeout_s = query_timeout_s
 
     def _outbound_timeout(self, context: grpc.ServicerContext) -> float:
@@ -88,8 +96,8 @@ class RetrievalServiceServicer(pb_grpc.RetrievalServiceServicer):
     def Retrieve(self, request, context):
         serving = self._retriever.current()
         query = _query(request, serving.index.size, "")
-        [result] = self._retriever.retrieve(
-            serving, [query], self._outbound_timeout(context)
+        result = self._coalescer.retrieve(
+            serving, query, self._outbound_timeout(context)
         )
         return _response(result)
 
