@@ -2,6 +2,7 @@
 publish, serve both tiers, Retrieve for a user."""
 
 import grpc
+import numpy as np
 import pytest
 
 from movie_retrieval.v1 import retrieval_service_pb2 as pb
@@ -76,3 +77,32 @@ def test_the_manifest_holds_test_metrics_better_than_chance(ml100k_stack):
     assert metrics["top_10"] <= metrics["top_50"] <= metrics["top_100"]
     assert published.manifest["num_candidates"] == 1682
     assert published.manifest["num_users"] == 943
+
+
+def test_the_published_index_is_exact_on_the_movielens_catalogue(
+    ml100k_stack,
+):
+    from candidate_service.index import CandidateIndex
+    from trainer import export
+
+    published, _ = ml100k_stack
+    paths = published.paths
+    movie_ids = [str(m) for m in range(1, 1683)]
+    catalogue = export.load_signature(paths.candidate)(
+        movie_id=np.array([m.encode() for m in movie_ids])
+    )["embedding"].numpy()
+    users = [str(u) for u in range(1, 944, 47)]
+    queries = export.load_signature(paths.query)(
+        user_id=np.array([u.encode() for u in users])
+    )["embedding"].numpy()
+
+    index = CandidateIndex.load(paths.index)
+    found, scores = index.search(queries, 10)
+
+    exact = np.argsort(-(queries @ catalogue.T), axis=1, kind="stable")[:, :10]
+    expected_ids = np.array(movie_ids, dtype=np.int64)[exact]
+    np.testing.assert_array_equal(found, expected_ids)
+    rows = np.searchsorted(np.arange(1, 1683), found)
+    np.testing.assert_allclose(
+        scores, np.einsum("qd,qkd->qk", queries, catalogue[rows]), atol=1e-4
+    )
