@@ -1,6 +1,7 @@
 """Command line: serve Retrieve over gRPC.
 
-    python -m candidate_service --models-dir models --query-server localhost:8500
+    python -m candidate_service --models-dir models \
+        --query-server localhost:8500
 """
 
 import argparse
@@ -9,7 +10,14 @@ import os
 import sys
 from pathlib import Path
 
-from serving_common import logs
+from candidate_service.settings import Settings
+from serving_common import logs, metrics
+from serving_common.server import (
+    add_tls_arguments,
+    set_default_tls,
+    tls_from_args,
+    wait_for_termination,
+)
 
 _log = logging.getLogger("candidate_service")
 
@@ -41,8 +49,21 @@ def _parser() -> argparse.ArgumentParser:
         "--query-timeout",
         type=float,
         default=1.0,
-        help="seconds each query-server call may take (default: "
-        "%(default)s)",
+        help="seconds each query-server call may take (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=Settings.max_in_flight,
+        help="requests handled at once; more are refused with "
+        "RESOURCE_EXHAUSTED (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=Settings.max_batch,
+        help="most concurrent Retrieve calls sent to the query server as "
+        "one batch (default: %(default)s)",
     )
     p.add_argument(
         "--poll-seconds",
@@ -57,16 +78,31 @@ def _parser() -> argparse.ArgumentParser:
         help="on SIGTERM, time given to running requests "
         "(default: %(default)s)",
     )
-    p.add_argument("--log-level", default=None, help="default: INFO")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics, on "
+        "--host (default: not served)",
+    )
+    add_tls_arguments(p)
+    logs.add_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logs.configure(args.log_level)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        tls = tls_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    logs.configure_from(args)
 
-    from candidate_service.server import Settings, create_server
-    from serving_common.server import wait_for_termination
+    from candidate_service.server import create_server
+
+    # Settings has no TLS field yet; see serving_common.server._default_tls.
+    set_default_tls(tls)
 
     settings = Settings(
         address=f"{args.host}:{args.port}",
@@ -74,12 +110,26 @@ def main(argv: list[str] | None = None) -> int:
         query_server=args.query_server,
         query_timeout_s=args.query_timeout,
         poll_s=args.poll_seconds,
+        max_in_flight=args.max_in_flight,
+        max_batch=args.max_batch,
     )
     try:
         server = create_server(settings)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         _log.error("%s", e)
         return 1
+    if tls is not None:
+        _log.info("serving TLS only, certificate %s", tls.cert_chain)
+    if args.metrics_port is not None:
+        try:
+            endpoint = metrics.serve_metrics(args.host, args.metrics_port)
+        except OSError as e:
+            _log.error(
+                "cannot serve metrics on port %d: %s", args.metrics_port, e
+            )
+            server.stop(0)
+            return 1
+        _log.info("metrics at http://%s:%d/metrics", args.host, endpoint.port)
     wait_for_termination(server.bound, args.grace_seconds)
     return 0
 

@@ -14,6 +14,7 @@ from tensorflow_serving.apis import (
 )
 
 from model_store import contract
+from serving_common import metrics
 from serving_common.errors import (
     DeadlineExceeded,
     ServiceError,
@@ -62,8 +63,8 @@ class QueryClient:
 
     def __init__(self, address: str):
         self.address = address
-        self._channel = grpc.insecure_channel(
-            address, options=_CHANNEL_OPTIONS
+        self._channel = metrics.instrument_channel(
+            grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
         )
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(
             self._channel

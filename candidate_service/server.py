@@ -1,14 +1,13 @@
 """Wires the candidate service: the gRPC server, health, and the loop that
 brings the newest published version into service."""
 
-import dataclasses
 import logging
 import threading
-from pathlib import Path
 
 from candidate_service.query_client import QueryClient
 from candidate_service.retriever import Retriever
 from candidate_service.servicer import RetrievalServiceServicer
+from candidate_service.settings import Settings
 from candidate_service.versions import (
     ServingVersion,
     VersionRefused,
@@ -17,38 +16,13 @@ from candidate_service.versions import (
 from model_store import layout
 from movie_retrieval.v1 import retrieval_service_pb2 as pb
 from movie_retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
+from serving_common import metrics
 from serving_common.errors import ServiceError
 from serving_common.server import BoundServer, start_server
 
 _log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RetrievalService"].full_name
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """How the candidate service runs.
-
-    Attributes:
-      address: host:port to listen on; port 0 binds a free port.
-      models_dir: the trainer's models directory.
-      query_server: host:port of the query server (TF Serving API).
-      query_timeout_s: deadline of each call to the query server.
-      poll_s: how often to look for a newer version and to check that the
-        query server still answers.
-      max_in_flight: requests handled at once before new ones are refused
-        with RESOURCE_EXHAUSTED.
-      max_batch: most concurrent Retrieve calls sent to the query server
-        as one batch.
-    """
-
-    address: str = "0.0.0.0:50051"
-    models_dir: Path = Path("models")
-    query_server: str = "localhost:8500"
-    query_timeout_s: float = 1.0
-    poll_s: float = 2.0
-    max_in_flight: int = 64
-    max_batch: int = 64
 
 
 class CandidateServer:
@@ -165,6 +139,9 @@ class CandidateServer:
                 self._waiting_for = version
             return
         self.retriever.swap(candidate)
+        metrics.set_serving_version(
+            version, candidate.index.size, candidate.index.dimension
+        )
         self._healthy = True
         self.bound.set_serving(True)
         _log.info(

@@ -11,6 +11,13 @@ import tempfile
 from pathlib import Path
 
 from serving_common import logs
+from serving_common.server import (
+    ServerTls,
+    add_tls_arguments,
+    set_default_tls,
+    tls_from_args,
+    wait_for_termination,
+)
 
 _log = logging.getLogger("query_service")
 
@@ -59,25 +66,78 @@ def _parser() -> argparse.ArgumentParser:
         help="on SIGTERM, time given to running requests "
         "(default: %(default)s)",
     )
-    p.add_argument("--log-level", default=None, help="default: INFO")
+    p.add_argument(
+        "--tf-threads",
+        type=int,
+        default=1,
+        help="TensorFlow threads between and within ops, for the built-in "
+        "server; 0 leaves TensorFlow's default of one per core "
+        "(default: %(default)s)",
+    )
+    add_tls_arguments(p)
+    logs.add_arguments(p)
     return p
 
 
-def _exec_tfserving(binary: str, args) -> None:
+def _text_proto_string(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\n", "\\n") + '"'
+
+
+def ssl_config(tls: ServerTls) -> str:
+    """TF Serving's SSLConfig (text proto) for `--ssl_config_file`: it takes
+    the PEM contents, not their paths.
+
+    Raises:
+      ValueError: a file cannot be read.
+    """
+    pems = {}
+    for field, path in (
+        ("server_cert", tls.cert_chain),
+        ("server_key", tls.private_key),
+    ):
+        try:
+            pems[field] = Path(path).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read the TLS file {path}: {e}") from e
+    return "".join(
+        f"{field}: {_text_proto_string(pem)}\n" for field, pem in pems.items()
+    )
+
+
+def _exec_tfserving(binary: str, args, tls: ServerTls | None) -> None:
     from query_service import tfserving
 
-    config = Path(tempfile.mkdtemp(prefix="query-service-")) / "models.config"
+    folder = Path(tempfile.mkdtemp(prefix="query-service-"))
+    config = folder / "models.config"
     config.write_text(
         tfserving.model_config(Path(args.models_dir), args.keep_versions)
     )
     argv = tfserving.command(binary, args.port, config, args.poll_seconds)
+    if tls is not None:
+        # mkdtemp's folder is private to this user; the key stays there.
+        ssl = folder / "ssl.config"
+        ssl.write_text(ssl_config(tls))
+        argv.append(f"--ssl_config_file={ssl}")
     _log.info("running %s", " ".join(argv))
     os.execv(binary, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logs.configure(args.log_level)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        tls = tls_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    logs.configure_from(args)
+    if args.tf_threads > 0:
+        # A query-tower call is about a tenth of a millisecond of work;
+        # handing it to TensorFlow's pool threads costs more than it saves
+        # (measured in the README's performance section). TensorFlow reads
+        # these once, when first imported, which has not happened yet.
+        os.environ["TF_NUM_INTEROP_THREADS"] = str(args.tf_threads)
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(args.tf_threads)
 
     from query_service import tfserving
 
@@ -89,12 +149,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if args.backend != "builtin" and binary is not None:
-        _exec_tfserving(binary, args)
+        try:
+            _exec_tfserving(binary, args, tls)
+        except ValueError as e:
+            _log.error("%s", e)
+            return 1
 
     from query_service.server import create_server
-    from serving_common.server import wait_for_termination
 
     _log.info("using the built-in query server (no %s)", tfserving.BINARY)
+    # create_server() takes no TLS settings yet; see
+    # serving_common.server._default_tls.
+    set_default_tls(tls)
     try:
         server = create_server(
             f"{args.host}:{args.port}",
@@ -102,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
             poll_s=args.poll_seconds,
             keep_versions=args.keep_versions,
         )
-    except OSError as e:
+    except (OSError, ValueError) as e:
         _log.error("%s", e)
         return 1
+    if tls is not None:
+        _log.info("serving TLS only, certificate %s", tls.cert_chain)
     wait_for_termination(server.bound, args.grace_seconds)
     return 0
 

@@ -111,10 +111,10 @@ def query_server(small_published):
 
 @pytest.fixture(scope="session")
 def candidate_server(small_published, query_server):
+    import grpc
+
     from candidate_service.client import wait_until_serving
     from candidate_service.server import Settings, create_server
-
-    import grpc
 
     models, _ = small_published
     server = create_server(

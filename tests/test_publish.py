@@ -99,7 +99,9 @@ def test_a_failed_index_check_publishes_nothing(small_data, tmp_path):
 
 def test_the_manifest_records_what_a_version_is(small_published):
     _, published = small_published
-    manifest = layout.read_manifest(published.paths.models_dir, published.version)
+    manifest = layout.read_manifest(
+        published.paths.models_dir, published.version
+    )
 
     assert manifest["version"] == published.version
     assert manifest["dimension"] == 8
