@@ -112,3 +112,20 @@ def test_the_manifest_records_what_a_version_is(small_published):
     assert len(manifest["dataset"]["sha256"]) == 64
     assert manifest["index"]["recall_at_10"] == pytest.approx(1.0)
     assert manifest["created_at"]
+
+
+def test_a_published_query_tower_carries_tf_serving_warmup_records(
+    small_published,
+):
+    import tensorflow as tf
+
+    from trainer.warmup import WARMUP_FILE
+
+    _, published = small_published
+    records = published.paths.query / WARMUP_FILE
+    users = published.manifest["warmup_user_ids"]
+
+    assert records.is_file()
+    assert sum(1 for _ in tf.data.TFRecordDataset(str(records))) == (
+        len(users) + 1
+    )
