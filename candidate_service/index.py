@@ -31,35 +31,45 @@ METHODS = ("brute_force", "scann")
 SCANN_DIR = "scann"
 CANDIDATES_FILE = "candidates.json"
 CONFIG_FILE = "index_config.json"
+# The float32 embeddings inside ScaNN's serialization: brute force scores
+# them and reordering re-scores with them, so every index has it.
+_DATASET_FILE = "dataset.npy"
 _FORMAT_VERSION = 1
 
-# Thresholds and parameters below come from bench/index_bench.py; the figures
-# they rest on are in bench/results/index.json (rerun the benchmark and revisit
-# these when the hardware or ScaNN version changes).
+# The thresholds and parameters below come from bench/index_bench.py; the
+# figures they rest on are in bench/results/index.json (synthetic clustered
+# embeddings, 2 cores; rerun and revisit when hardware, ScaNN or the towers
+# change).
 #
-# Below this many candidates ScaNN's exact brute force is at least as fast per
-# single query as the best tree config that keeps recall@10 >= 0.95, and it
-# is exact, so the tree does not pay for its approximation.
-_BRUTE_FORCE_MAX_CANDIDATES = 20_000
-# num_leaves ~= _LEAVES_PER_SQRT_N * sqrt(n); with that, searching
-# _LEAVES_SEARCHED_FRACTION of the leaves and exactly re-scoring the best
-# _REORDER keeps recall@10 >= 0.95 at every benchmarked size.
+# ScaNN's tree pays from the catalogue size where, at recall@10 >= 0.95, it
+# answers single queries at least twice as fast as exact brute force: 10,000
+# candidates (2.8x at best, 2.0x for the config below). At 3,706 (MovieLens
+# 1M) no tree config in the grid reached 0.95 recall, and brute force costs
+# ~20 us a query anyway; both MovieLens catalogues are searched exactly.
+_SCANN_MIN_CANDIDATES = 10_000
+# num_leaves = sqrt(n); searching max(16, 2% of the leaves) and re-scoring
+# the best 300 exactly gave recall@10 0.985 / 0.989 / 0.981 / 0.982 / 0.967 at
+# 10k / 20k / 50k / 100k / 1M candidates, 2x / 5x / 11x / 32x / 160x brute
+# force's single-query QPS. At 1M the limit is the AH ranking, not the
+# leaves: reorder 1000 lifts recall to 0.987 at 0.7x the QPS.
 _LEAVES_PER_SQRT_N = 1.0
-_LEAVES_SEARCHED_FRACTION = 0.05
-_MIN_LEAVES_SEARCHED = 8
-_REORDER = 200
+_LEAVES_SEARCHED_FRACTION = 0.02
+_MIN_LEAVES_SEARCHED = 16
+_REORDER = 300
 # k-means and the AH codebooks train on a sample of at most this many
-# candidates; training on all of a million candidates costs minutes on two
-# cores for no measurable gain in recall.
+# candidates, which bounds a 1M-candidate build at ~12 s on 2 cores.
 _TRAINING_SAMPLE_SIZE = 100_000
-# search_batched_parallel splits a batch into chunks of this many queries, one
-# chunk per thread. Smaller batches run on the calling thread: a thread hop
-# costs more than it saves there, and a serving process already runs several
-# requests at once.
+# From two chunks of this many queries up, search_batched_parallel runs one
+# chunk per thread; on 1,000-query batches it nearly doubles throughput on
+# 2 cores at large catalogues (1M x 64: 21.6k -> 40.6k QPS). Smaller batches
+# have nothing to split and run on the calling thread.
 _PARALLEL_CHUNK = 256
-# Query blocks in exact_search hold at most this many scores (float32), which
-# bounds its memory at 64 MiB whatever the catalogue size.
+# exact_search scores blocks of up to _EXACT_QUERY_BLOCK queries against
+# chunks of candidates, at most _EXACT_BLOCK_SCORES float32 scores (64 MiB)
+# at a time whatever the catalogue size. Many queries per chunk keep the
+# matmul compute-bound: with few, each pass re-reads the embeddings.
 _EXACT_BLOCK_SCORES = 1 << 24
+_EXACT_QUERY_BLOCK = 1024
 
 
 class IndexLoadError(ValueError):
@@ -122,6 +132,20 @@ class IndexConfig:
                 f"method must be one of {', '.join(METHODS)}, got "
                 f"{self.method!r}"
             )
+        # Checked for brute force too, though unused there: a bad value is
+        # a bug wherever it appears.
+        _check_int("dims_per_block", self.dims_per_block, 1)
+        threshold = self.anisotropic_quantization_threshold
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float))
+            or not math.isfinite(threshold)
+            or threshold <= 0
+        ):
+            raise ValueError(
+                "anisotropic_quantization_threshold must be a positive finite "
+                f"number, got {threshold!r}"
+            )
         if self.method == "brute_force":
             tree_fields = ("num_leaves", "num_leaves_to_search", "reorder")
             given = [f for f in tree_fields if getattr(self, f) is not None]
@@ -143,18 +167,6 @@ class IndexConfig:
             raise ValueError(
                 f"num_leaves_to_search must be in [1, num_leaves="
                 f"{self.num_leaves}], got {self.num_leaves_to_search}"
-            )
-        _check_int("dims_per_block", self.dims_per_block, 1)
-        threshold = self.anisotropic_quantization_threshold
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, (int, float))
-            or not math.isfinite(threshold)
-            or threshold <= 0
-        ):
-            raise ValueError(
-                "anisotropic_quantization_threshold must be a positive finite "
-                f"number, got {threshold!r}"
             )
         # Without reordering, scores are AH approximations; callers are
         # promised exact dot products.
@@ -203,19 +215,21 @@ def choose_config(num_candidates: int, dimension: int) -> IndexConfig:
       dimension: the embedding dimension.
 
     Returns:
-      Brute force for catalogues too small for ScaNN's tree to pay (every
-      MovieLens catalogue), otherwise a ScaNN tree + AH + reorder config
-      tuned for recall@10 >= 0.95.
+      Brute force below 10,000 candidates (MovieLens 100K's and 1M's
+      catalogues among them), where ScaNN's tree gains too little to give
+      up exactness; otherwise a ScaNN tree + AH + reorder config tuned for
+      recall@10 >= 0.95.
 
     Raises:
       ValueError: num_candidates or dimension is below 1.
     """
     _check_int("num_candidates", num_candidates, 1)
     _check_int("dimension", dimension, 1)
-    # Measured at dimensions 32 and 64 only (see bench/results/index.json);
-    # the crossover is in catalogue size, since both sides' cost grows
-    # linearly with the dimension.
-    if num_candidates < _BRUTE_FORCE_MAX_CANDIDATES:
+    # The dimension does not enter: the benchmark ran at 32 and 64 only,
+    # and both brute force's and AH's cost grow linearly with it, so the
+    # crossover stays a catalogue size. Beyond 1M candidates the rule is
+    # extrapolated, not measured.
+    if num_candidates < _SCANN_MIN_CANDIDATES:
         return IndexConfig(method="brute_force")
 
     num_leaves = max(1, round(_LEAVES_PER_SQRT_N * math.sqrt(num_candidates)))
@@ -288,25 +302,50 @@ def exact_search(
     n = embeddings.shape[0]
     _check_k(k, n)
 
-    block = max(1, _EXACT_BLOCK_SCORES // n)
+    # A chunk holds at least k candidates, so one chunk's top k is defined.
+    chunk = min(n, max(k, _EXACT_BLOCK_SCORES // _EXACT_QUERY_BLOCK))
+    block = max(1, min(_EXACT_QUERY_BLOCK, _EXACT_BLOCK_SCORES // chunk))
     indices = np.empty((queries.shape[0], k), dtype=np.int64)
     scores = np.empty((queries.shape[0], k), dtype=np.float32)
     for start in range(0, queries.shape[0], block):
         rows = slice(start, start + block)
-        block_scores = queries[rows] @ embeddings.T
+        top, top_scores = _exact_block(embeddings, queries[rows], k, chunk)
 
-        # argpartition finds the k best in O(n); only those k get sorted.
-        # Partitioning at n - k avoids negating (copying) the whole block.
-        if k < n:
-            top = np.argpartition(block_scores, n - k, axis=1)[:, n - k :]
-        else:
-            top = np.broadcast_to(np.arange(n), block_scores.shape)
-        top_scores = np.take_along_axis(block_scores, top, axis=1)
         order = np.argsort(-top_scores, axis=1, kind="stable")
-
         indices[rows] = np.take_along_axis(top, order, axis=1)
         scores[rows] = np.take_along_axis(top_scores, order, axis=1)
     return indices, scores
+
+
+def _exact_block(
+    embeddings: np.ndarray, queries: np.ndarray, k: int, chunk: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The unordered top k of a query block, merged chunk by chunk."""
+    best = best_scores = None
+    for first in range(0, embeddings.shape[0], chunk):
+        chunk_scores = queries @ embeddings[first : first + chunk].T
+        top = _largest_columns(chunk_scores, k)
+        top_scores = np.take_along_axis(chunk_scores, top, axis=1)
+        top += first
+        if best is not None:
+            top = np.concatenate([best, top], axis=1)
+            top_scores = np.concatenate([best_scores, top_scores], axis=1)
+            keep = _largest_columns(top_scores, k)
+            top = np.take_along_axis(top, keep, axis=1)
+            top_scores = np.take_along_axis(top_scores, keep, axis=1)
+        best, best_scores = top, top_scores
+    return best, best_scores
+
+
+def _largest_columns(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k largest scores, unordered; all
+    columns when a row has no more than k."""
+    width = scores.shape[1]
+    if width <= k:
+        return np.broadcast_to(np.arange(width), scores.shape).copy()
+    # argpartition keeps the k best in O(width) without sorting them;
+    # partitioning at width - k avoids negating (copying) the scores.
+    return np.argpartition(scores, width - k, axis=1)[:, width - k :]
 
 
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
@@ -367,8 +406,7 @@ def _read_json(path: Path) -> Any:
 
 
 class CandidateIndex:
-    """ScaNN index over candidate embeddings with the movie ids and titles
-    it returns.
+    """ScaNN index over candidate embeddings, with their movie ids and titles.
 
     Build with `build` or `load`, not the constructor. Searching is safe
     from several threads at once.
@@ -512,11 +550,11 @@ class CandidateIndex:
         num_leaves_to_search: int | None = None,
         reorder: int | None = None,
     ) -> CandidateIndex:
-        """Returns this index searching a different number of leaves or
-        re-scoring a different number of candidates, without rebuilding.
+        """Returns this index with other query-time search settings.
 
-        Both are query-time settings in ScaNN, so the trained tree and
-        codebooks are shared with this index. None keeps the current value.
+        The leaves searched and the candidates re-scored are query-time
+        settings in ScaNN, so the copy shares this index's trained tree and
+        codebooks; nothing is rebuilt. None keeps the current value.
 
         Raises:
           ValueError: the index is not a "scann" one, or a value is invalid
@@ -621,6 +659,7 @@ class CandidateIndex:
                 f"holds {searcher.size()} embeddings but {candidates_path} "
                 f"lists {size} candidates",
             )
+        _check_dataset_shape(scann_dir / _DATASET_FILE, size, dimension)
         return cls(searcher, movie_ids, titles, config, dimension)
 
 
@@ -710,6 +749,21 @@ def _parse_meta(
     if not isinstance(checksums, dict) or CANDIDATES_FILE not in checksums:
         raise IndexLoadError(path, "has no checksums for the index files")
     return config, dimension, size, checksums
+
+
+def _check_dataset_shape(path: Path, size: int, dimension: int) -> None:
+    # ScaNN does not report its dimension; the array header does, and a
+    # query of another width must be refused here, not inside ScaNN.
+    try:
+        shape = np.load(path, mmap_mode="r").shape
+    except (OSError, ValueError) as e:
+        raise IndexLoadError(path, f"not a readable .npy array ({e})") from e
+    if shape != (size, dimension):
+        raise IndexLoadError(
+            path,
+            f"holds embeddings of shape {shape}, {CONFIG_FILE} says "
+            f"{(size, dimension)}",
+        )
 
 
 def _verify_checksums(directory: Path, checksums: dict[str, str]) -> None:

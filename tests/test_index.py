@@ -1,7 +1,6 @@
 """Specification of the candidate index: exactness, round trips, errors."""
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -105,19 +104,13 @@ def test_every_score_is_the_exact_dot_product(built, catalogue, k):
     assert (np.diff(scores, axis=1) <= 0).all(), "best first"
 
 
-def test_tuned_scann_config_reaches_recall_on_20000_candidates():
+def test_chosen_scann_config_reaches_recall_on_20000_candidates():
     # The benchmark's clustered data: isotropic noise has no neighbourhoods
     # for a tree to find, unlike learned embeddings.
     n = 20_000
     embeddings, queries = synthetic_embeddings(n, 300, DIM, seed=3)
     movie_ids = np.arange(1, n + 1, dtype=np.int64)
-    leaves = round(math.sqrt(n))
-    config = IndexConfig(
-        method="scann",
-        num_leaves=leaves,
-        num_leaves_to_search=math.ceil(0.05 * leaves),
-        reorder=200,
-    )
+    config = choose_config(n, DIM)
     index = CandidateIndex.build(
         movie_ids, [str(i) for i in movie_ids], embeddings, config
     )
@@ -125,6 +118,7 @@ def test_tuned_scann_config_reaches_recall_on_20000_candidates():
     found, scores = index.search(queries, 10)
     exact, _ = exact_search(embeddings, queries, 10)
 
+    assert config.method == "scann"
     assert recall_at_k(found, movie_ids[exact], 10) >= 0.9
     np.testing.assert_allclose(
         scores,
@@ -210,12 +204,14 @@ def test_large_batches_match_small_ones(catalogue):
     queries = _queries(600, DIM, seed=9)
 
     whole = index.search(queries, 10)
-    pieces = [index.search(queries[i : i + 100], 10) for i in range(0, 600, 100)]
+    pieces = [
+        index.search(queries[start : start + 100], 10)
+        for start in range(0, 600, 100)
+    ]
+    ids, scores = (np.concatenate(part) for part in zip(*pieces))
 
-    np.testing.assert_array_equal(whole[0], np.concatenate([p[0] for p in pieces]))
-    np.testing.assert_allclose(
-        whole[1], np.concatenate([p[1] for p in pieces]), atol=SCORE_ATOL
-    )
+    np.testing.assert_array_equal(whole[0], ids)
+    np.testing.assert_allclose(whole[1], scores, atol=SCORE_ATOL)
 
 
 # --- save and load ----------------------------------------------------------
@@ -269,7 +265,7 @@ def test_non_ascii_and_duplicate_titles_round_trip(tmp_path):
 def _corrupt(path):
     data = bytearray(path.read_bytes())
     middle = len(data) // 2
-    data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
+    data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle:][:8])
     path.write_bytes(bytes(data))
 
 
@@ -283,6 +279,12 @@ def _rewrite_candidates(directory, edit):
     meta["checksums"][index_lib.CANDIDATES_FILE] = index_lib._sha256(path)
     meta["size"] = len(candidates["movie_ids"])
     meta_path.write_text(json.dumps(meta), encoding="utf-8")
+
+
+def _claim_dimension(directory, dimension):
+    path = directory / index_lib.CONFIG_FILE
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps({**meta, "dimension": dimension}))
 
 
 def _drop_last_candidate(candidates):
@@ -317,6 +319,7 @@ def _drop_last_title(candidates):
             lambda d: _rewrite_candidates(d, _drop_last_title),
             "candidates.json",
         ),
+        (lambda d: _claim_dimension(d, DIM // 2), "scann/dataset.npy"),
     ],
     ids=[
         "missing-candidates",
@@ -328,6 +331,7 @@ def _drop_last_title(candidates):
         "corrupted-config",
         "fewer-ids-than-embeddings",
         "fewer-titles-than-ids",
+        "config-dimension-differs",
     ],
 )
 def test_load_of_a_damaged_index_raises_naming_the_path(
@@ -483,13 +487,13 @@ def test_config_from_dict_rejects_unknown_keys():
         IndexConfig.from_dict({"method": "scann", "leaves": 10})
 
 
-@pytest.mark.parametrize("n", [1682, 3706])
-def test_movielens_catalogues_get_brute_force(n):
+@pytest.mark.parametrize("n", [1, 1682, 3706, 9_999])
+def test_catalogues_below_10000_get_brute_force(n):
     assert choose_config(n, DIM).method == "brute_force"
 
 
-@pytest.mark.parametrize("n", [100_000, 1_000_000, 10_000_000])
-def test_large_catalogues_get_a_valid_scann_config(n):
+@pytest.mark.parametrize("n", [10_000, 100_000, 1_000_000, 10_000_000])
+def test_larger_catalogues_get_a_valid_scann_config(n):
     config = choose_config(n, 64)
 
     assert config.method == "scann"
@@ -514,16 +518,25 @@ def test_exact_search_matches_a_hand_worked_example():
     np.testing.assert_array_equal(scores, [[3, 2, 1]])
 
 
-def test_exact_search_in_blocks_equals_one_matmul(monkeypatch):
+@pytest.mark.parametrize("k", [7, 300], ids=["k-below-chunk", "k-above-chunk"])
+def test_exact_search_in_blocks_and_chunks_equals_one_matmul(monkeypatch, k):
     _, _, embeddings = _catalogue(500, 8, seed=15)
     queries = _queries(37, 8, seed=16)
-    full = np.argsort(-(queries @ embeddings.T), axis=1)[:, :7]
-    # 1,000 scores per block: two queries at a time, 19 blocks.
+    full = np.argsort(-(queries @ embeddings.T), axis=1)[:, :k]
+    # 8 queries a block and 1,000 scores a chunk: for k=7, 5 query blocks
+    # against 4 chunks of 125; for k=300, chunks of 300 then 200 (fewer
+    # than k), 3 queries at a time.
     monkeypatch.setattr(index_lib, "_EXACT_BLOCK_SCORES", 1000)
+    monkeypatch.setattr(index_lib, "_EXACT_QUERY_BLOCK", 8)
 
-    indices, _ = exact_search(embeddings, queries, 7)
+    indices, scores = exact_search(embeddings, queries, k)
 
     np.testing.assert_array_equal(indices, full)
+    np.testing.assert_allclose(
+        scores,
+        np.take_along_axis(queries @ embeddings.T, full, axis=1),
+        atol=SCORE_ATOL,
+    )
 
 
 def test_recall_at_k_matches_a_hand_worked_example():
