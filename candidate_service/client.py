@@ -71,8 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         except grpc.RpcError as e:
             print(f"{e.code().name}: {e.details()}", file=sys.stderr)
             return 1
+    kind = (
+        "most popular movies (user unknown to the model)"
+        if response.cold_start
+        else f"movies for user {args.user}"
+    )
     print(
-        f"Top {len(response.movies)} movies for user {args.user} "
+        f"Top {len(response.movies)} {kind} "
         f"(model version {response.model_version}):"
     )
     for rank, movie in enumerate(response.movies, start=1):

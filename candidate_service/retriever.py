@@ -71,6 +71,9 @@ class Retriever:
     def __init__(self, query_client: QueryClient):
         self._query = query_client
         self._serving: ServingVersion | None = None
+        # Why nothing serves yet, for the caller; set by the server while
+        # it brings a version up.
+        self.not_ready_reason = "no model version is published yet"
 
     @property
     def serving(self) -> ServingVersion | None:
@@ -90,7 +93,9 @@ class Retriever:
         """
         serving = self._serving
         if serving is None:
-            raise Unavailable("no model version is loaded yet; retry shortly")
+            raise Unavailable(
+                f"not serving yet: {self.not_ready_reason}; retry shortly"
+            )
         return serving
 
     def retrieve(

@@ -130,6 +130,7 @@ class CandidateServer:
         except VersionRefused as e:
             self._refused.add(version)
             _log.error("refusing version %d: %s", version, e)
+            self.retriever.not_ready_reason = f"version {version} was refused"
             return
         except ServiceError as e:
             # Usually the query server has not loaded the version yet; the
@@ -137,6 +138,7 @@ class CandidateServer:
             if self._waiting_for != version:
                 _log.info("version %d not ready yet: %s", version, e.message)
                 self._waiting_for = version
+            self.retriever.not_ready_reason = e.message
             return
         self.retriever.swap(candidate)
         metrics.set_serving_version(

@@ -25,7 +25,7 @@ class Settings:
     """
 
     address: str = "0.0.0.0:50051"
-    models_dir: Path = Path("models")
+    models_dir: Path = Path("build/models")
     query_server: str = "localhost:8500"
     query_timeout_s: float = 1.0
     poll_s: float = 2.0

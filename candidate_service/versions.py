@@ -63,21 +63,21 @@ def load_version(models_dir: Path, version: int) -> ServingVersion:
     try:
         manifest = layout.read_manifest(models_dir, version)
     except (OSError, ValueError) as e:
-        raise VersionRefused(f"version {version}: bad manifest: {e}") from e
+        raise VersionRefused(f"bad manifest: {e}") from e
     _verify_checksums(paths.index, manifest.get("checksums", {}))
     try:
         index = CandidateIndex.load(paths.index)
         history = UserHistory.load(paths.index)
     except (OSError, ValueError, HistoryLoadError) as e:
-        raise VersionRefused(f"version {version}: {e}") from e
+        raise VersionRefused(str(e)) from e
     if index.dimension != manifest.get("dimension"):
         raise VersionRefused(
-            f"version {version}: index dimension {index.dimension} differs "
+            f"index dimension {index.dimension} differs "
             f"from the manifest's {manifest.get('dimension')}"
         )
     if index.size != manifest.get("num_candidates"):
         raise VersionRefused(
-            f"version {version}: index holds {index.size} candidates, the "
+            f"index holds {index.size} candidates, the "
             f"manifest says {manifest.get('num_candidates')}"
         )
     return ServingVersion(

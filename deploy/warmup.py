@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--models-dir",
         type=Path,
-        default=Path(os.environ.get("MODELS_DIR", "models")),
+        default=Path(os.environ.get("MODELS_DIR", "build/models")),
         help="the trainer's models directory (default: $MODELS_DIR or "
         "%(default)s)",
     )

@@ -18,19 +18,31 @@ _log = logging.getLogger("model_store")
 
 
 def _parser() -> argparse.ArgumentParser:
+    default = os.environ.get("MODELS_DIR", "build/models")
     p = argparse.ArgumentParser(
         prog="python -m model_store",
         description="Manage the published model versions.",
     )
     p.add_argument(
         "--models-dir",
-        default=os.environ.get("MODELS_DIR", "models"),
-        help="default: $MODELS_DIR or %(default)s",
+        default=default,
+        help=f"default: $MODELS_DIR or {default}",
+    )
+    # Also accepted after the command; SUPPRESS keeps a subcommand's
+    # default from overwriting a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--models-dir",
+        default=argparse.SUPPRESS,
+        help=f"default: $MODELS_DIR or {default}",
     )
     commands = p.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="print the complete versions")
+    commands.add_parser(
+        "list", parents=[common], help="print the complete versions"
+    )
     rollback = commands.add_parser(
         "rollback",
+        parents=[common],
         help="retire the newest version so both services return to the "
         "previous one within their poll interval",
     )
@@ -41,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
         help="the version to retire (default: the newest)",
     )
     prune = commands.add_parser(
-        "prune", help="delete all but the newest versions"
+        "prune",
+        parents=[common],
+        help="delete all but the newest versions",
     )
     prune.add_argument("--keep", type=int, default=3)
     return p
@@ -63,14 +77,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "rollback":
-        if len(versions) < 2 and args.version is None:
+        version = versions[-1] if args.version is None else args.version
+        if len([v for v in versions if v != version]) < 1:
             _log.error(
-                "nothing to roll back to: %d complete version(s) in %s",
-                len(versions),
+                "nothing to roll back to: retiring version %s would leave "
+                "no complete version in %s",
+                version,
                 models_dir,
             )
             return 1
-        version = args.version or versions[-1]
         try:
             layout.retire(models_dir, version)
         except layout.PublishError as e:

@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--models-dir",
-        default=os.environ.get("MODELS_DIR", "models"),
+        default=os.environ.get("MODELS_DIR", "build/models"),
         help="the trainer's models directory (default: $MODELS_DIR or "
         "%(default)s)",
     )

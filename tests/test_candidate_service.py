@@ -1,6 +1,8 @@
 """End to end on small MovieLens-format data: train, publish, serve both
 tiers on free ports, Retrieve over gRPC."""
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -120,11 +122,15 @@ def test_not_serving_and_unavailable_while_the_query_server_is_down(
                 health_pb2.HealthCheckRequest(service=""), timeout=5
             )
             assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            # The first attempt to bring the version up must have failed
+            # against the query server before the reason can name it.
+            time.sleep(1.0)
             with pytest.raises(grpc.RpcError) as raised:
                 pb_grpc.RetrievalServiceStub(ch).Retrieve(
                     pb.RetrieveRequest(user_id="1", k=5), timeout=5
                 )
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert address in raised.value.details()
     finally:
         server.stop(0)
 

@@ -4,19 +4,110 @@
 """
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 from pathlib import Path
 
 from serving_common import logs
+from trainer import config as config_module
 from trainer.config import TrainConfig
 
 _log = logging.getLogger("trainer")
 
 
-def _parser() -> argparse.ArgumentParser:
+# TrainConfig fields with a flag each, by kind. Every flag defaults to "not
+# given", so that --tutorial can start from the tutorial's settings and the
+# flags given still override them.
+_INT_FIELDS = (
+    "embedding_dim",
+    "epochs",
+    "batch_size",
+    "seed",
+    "early_stopping_patience",
+)
+_FLOAT_FIELDS = (
+    "learning_rate",
+    "test_fraction",
+    "validation_fraction",
+    "weight_decay",
+    "history_dropout",
+    "temperature",
+)
+_CHOICE_FIELDS = {
+    "model": config_module.MODELS,
+    "optimizer": config_module.OPTIMIZERS,
+    "loss": config_module.LOSSES,
+}
+_BOOL_FIELDS = (
+    "user_embedding",
+    "history",
+    "movie_features",
+    "item_bias",
+    "logq_correction",
+    "remove_accidental_hits",
+)
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, its help showing the default."""
     defaults = TrainConfig()
+    group = p.add_argument_group(
+        "training settings",
+        "TrainConfig fields (see trainer/config.py); defaults are the "
+        "shipped model's",
+    )
+    group.add_argument(
+        "--tutorial",
+        action="store_true",
+        help="start from the TensorFlow Recommenders tutorial's settings "
+        "(TrainConfig.tutorial()) instead of the defaults",
+    )
+    for field in _INT_FIELDS + _FLOAT_FIELDS:
+        group.add_argument(
+            _flag(field),
+            type=int if field in _INT_FIELDS else float,
+            default=None,
+            help=f"default: {getattr(defaults, field)}",
+        )
+    for field, choices in _CHOICE_FIELDS.items():
+        group.add_argument(
+            _flag(field),
+            choices=choices,
+            default=None,
+            help=f"default: {getattr(defaults, field)}",
+        )
+    for field in _BOOL_FIELDS:
+        group.add_argument(
+            _flag(field),
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=f"default: {getattr(defaults, field)}",
+        )
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the flags describe.
+
+    Raises:
+      ValueError: the settings are invalid together.
+    """
+    fields = _INT_FIELDS + _FLOAT_FIELDS + tuple(_CHOICE_FIELDS) + _BOOL_FIELDS
+    given = {
+        field: getattr(args, field)
+        for field in fields
+        if getattr(args, field) is not None
+    }
+    base = TrainConfig.tutorial() if args.tutorial else TrainConfig()
+    return dataclasses.replace(base, **given)
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m trainer",
         description=(
@@ -54,13 +145,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="version number to publish (default: one more than the newest)",
     )
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument(
-        "--learning-rate", type=float, default=defaults.learning_rate
+        "--keep-versions",
+        type=int,
+        default=3,
+        help="after publishing, delete all but this many newest versions, "
+        "kept for rollback (default: %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    _add_config_flags(p)
     p.add_argument(
         "--min-index-recall",
         type=float,
@@ -76,13 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.configure(args.log_level)
     try:
-        config = TrainConfig(
-            embedding_dim=args.embedding_dim,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            seed=args.seed,
-        )
+        config = _config(args)
     except ValueError as e:
         _parser().error(str(e))
 
@@ -118,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         result.paths.query,
         result.paths.index,
     )
+    from model_store.layout import prune
+
+    prune(Path(args.models_dir), args.keep_versions)
     return 0
 
 

@@ -1,6 +1,20 @@
-"""Training settings: every default in one place."""
+"""Training settings: every default in one place.
+
+The defaults are the model the project ships, chosen on validation by the
+ablation in `bench/quality.py` (recorded in bench/results/quality.json).
+`TrainConfig.tutorial()` is the TensorFlow Recommenders tutorial's model,
+kept as a baseline.
+"""
 
 import dataclasses
+
+# Which model `fit` builds: the tutorial's id-only towers, or the towers
+# with user history and movie features.
+TUTORIAL = "tutorial"
+FEATURES = "features"
+MODELS = (TUTORIAL, FEATURES)
+OPTIMIZERS = ("adam", "adagrad")
+LOSSES = ("multinomial", "full_softmax", "in_batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -9,20 +23,62 @@ class TrainConfig:
 
     Attributes:
       embedding_dim: width of both towers' output embeddings.
-      epochs: passes over the training ratings.
-      batch_size: ratings per step; the other positives in a batch are the
-        negatives of each pair, so larger batches mean harder training.
-      learning_rate: Adagrad learning rate.
+      epochs: passes over the training data (over the ratings, or over the
+        users for the "multinomial" loss); with early stopping, the most
+        that are tried.
+      batch_size: examples per step (ratings, or users for "multinomial").
+      learning_rate: the optimiser's learning rate.
       seed: seeds the split, the weights and the shuffle order.
       test_fraction: share of ratings held out for the test metrics.
+      model: "features" (the shipped towers) or "tutorial" (one embedding
+        per id on each side, in-batch softmax; the settings below from
+        `user_embedding` on do not apply to it).
+      optimizer: "adam" or "adagrad".
+      weight_decay: Adam's decoupled weight decay (0 for none).
+      validation_fraction: share of the training ratings held out to pick
+        the number of epochs when `early_stopping_patience` is set.
+      early_stopping_patience: stop after this many epochs without a better
+        validation Recall@10, then refit on all training ratings for the
+        best number of epochs; 0 trains for exactly `epochs`.
+      user_embedding: the query tower has an embedding per user id.
+      history: the query tower adds the mean embedding of the user's
+        training movies.
+      history_dropout: share of a user's history hidden from the query
+        tower in each training example.
+      movie_features: the candidate tower adds genre, release-year and
+        title-word embeddings.
+      item_bias: one output column is a learned per-movie bias (1 on the
+        query side).
+      loss: "multinomial" (per user, against every movie), "full_softmax"
+        (per rating, against every movie) or "in_batch" (per rating,
+        against the batch's other movies); see `model.RetrievalModel`.
+      temperature: logits are divided by it.
+      logq_correction: with "in_batch", subtract the log of each movie's
+        sampling probability from its logit.
+      remove_accidental_hits: with "in_batch", a batch's other ratings of
+        the same movie are not negatives.
     """
 
-    embedding_dim: int = 32
-    epochs: int = 3
-    batch_size: int = 8192
-    learning_rate: float = 0.1
+    embedding_dim: int = 128
+    epochs: int = 150
+    batch_size: int = 64
+    learning_rate: float = 0.003
     seed: int = 42
     test_fraction: float = 0.2
+    model: str = FEATURES
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    validation_fraction: float = 0.1
+    early_stopping_patience: int = 30
+    user_embedding: bool = False
+    history: bool = True
+    history_dropout: float = 0.5
+    movie_features: bool = True
+    item_bias: bool = True
+    loss: str = "multinomial"
+    temperature: float = 1.0
+    logq_correction: bool = False
+    remove_accidental_hits: bool = False
 
     def __post_init__(self):
         for name in ("embedding_dim", "epochs", "batch_size"):
@@ -30,12 +86,65 @@ class TrainConfig:
                 raise ValueError(
                     f"{name} must be at least 1, got {getattr(self, name)}"
                 )
-        if not 0.0 < self.test_fraction < 1.0:
+        for name in ("test_fraction", "validation_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ValueError(
+                    f"{name} must be between 0 and 1 (exclusive), got {value}"
+                )
+        for name in ("learning_rate", "temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(
+                    f"{name} must be positive, got {getattr(self, name)}"
+                )
+        if self.weight_decay < 0 or self.early_stopping_patience < 0:
             raise ValueError(
-                "test_fraction must be between 0 and 1 (exclusive), got "
-                f"{self.test_fraction}"
+                "weight_decay and early_stopping_patience must not be "
+                f"negative, got {self.weight_decay} and "
+                f"{self.early_stopping_patience}"
             )
-        if self.learning_rate <= 0:
+        if not 0.0 <= self.history_dropout < 1.0:
             raise ValueError(
-                f"learning_rate must be positive, got {self.learning_rate}"
+                f"history_dropout must be in [0, 1), got {self.history_dropout}"
             )
+        for name, allowed in (
+            ("model", MODELS),
+            ("optimizer", OPTIMIZERS),
+            ("loss", LOSSES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name} must be one of {allowed}, got "
+                    f"{getattr(self, name)!r}"
+                )
+        if self.model == FEATURES:
+            if not (self.user_embedding or self.history):
+                raise ValueError(
+                    "the query tower needs user_embedding, history or both"
+                )
+            if self.loss == "multinomial" and not self.history:
+                raise ValueError(
+                    "the multinomial loss reads each user's movies from "
+                    "their history; set history=True or another loss"
+                )
+            if self.item_bias and self.embedding_dim < 2:
+                raise ValueError(
+                    "item_bias takes one of the embedding's columns, so "
+                    f"embedding_dim must be at least 2, got "
+                    f"{self.embedding_dim}"
+                )
+
+    @classmethod
+    def tutorial(cls, seed: int = 42) -> "TrainConfig":
+        """The TensorFlow Recommenders basic retrieval tutorial's settings:
+        id embeddings of 32, Adagrad at 0.1, 3 epochs of batch 8192."""
+        return cls(
+            model=TUTORIAL,
+            embedding_dim=32,
+            epochs=3,
+            batch_size=8192,
+            learning_rate=0.1,
+            optimizer="adagrad",
+            early_stopping_patience=0,
+            seed=seed,
+        )
