@@ -703,7 +703,8 @@ def markdown(report: dict) -> str:
             (
                 "Each step changes the best configuration so far and is kept "
                 "only if validation Recall@10 improves; metrics at the best "
-                "epoch."
+                "epoch (the last for the tutorial, which does not stop "
+                "early)."
             ),
             "",
             (
@@ -807,7 +808,12 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(SYSTEMS),
         help="comma-separated subset of %(default)s",
     )
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="seeds the random split and every system (default: %(default)s)",
+    )
     p.add_argument(
         "--no-ablation",
         action="store_true",
