@@ -39,6 +39,7 @@ _CHOICE_FIELDS = {
     "model": config_module.MODELS,
     "optimizer": config_module.OPTIMIZERS,
     "loss": config_module.LOSSES,
+    "distribution": config_module.DISTRIBUTIONS,
 }
 _BOOL_FIELDS = (
     "user_embedding",

@@ -15,6 +15,7 @@ FEATURES = "features"
 MODELS = (TUTORIAL, FEATURES)
 OPTIMIZERS = ("adam", "adagrad")
 LOSSES = ("multinomial", "full_softmax", "in_batch")
+DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,10 @@ class TrainConfig:
         sampling probability from its logit.
       remove_accidental_hits: with "in_batch", a batch's other ratings of
         the same movie are not negatives.
+      distribution: "none" (one device), "mirrored" (every local GPU, or
+        every logical CPU device when there is no GPU) or "multi_worker"
+        (every host named in TF_CONFIG); see `trainer.distribute`.
+        `batch_size` is per replica.
     """
 
     embedding_dim: int = 128
@@ -79,6 +84,7 @@ class TrainConfig:
     temperature: float = 1.0
     logq_correction: bool = False
     remove_accidental_hits: bool = False
+    distribution: str = "none"
 
     def __post_init__(self):
         for name in ("embedding_dim", "epochs", "batch_size"):
@@ -111,6 +117,7 @@ class TrainConfig:
             ("model", MODELS),
             ("optimizer", OPTIMIZERS),
             ("loss", LOSSES),
+            ("distribution", DISTRIBUTIONS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(

@@ -16,7 +16,14 @@ import tf_keras as keras
 from candidate_service.history import UserHistory
 from candidate_service.index import CandidateIndex, exact_search, recall_at_k
 from model_store import contract, layout
-from trainer import evaluation, export, features, movielens, splits
+from trainer import (
+    distribute,
+    evaluation,
+    export,
+    features,
+    movielens,
+    splits,
+)
 from trainer.config import TUTORIAL, TrainConfig
 from trainer.model import (
     MULTINOMIAL,
@@ -252,8 +259,10 @@ def _train(
 ) -> keras.Model:
     """Builds and fits a model on the ratings at `positions`."""
     keras.utils.set_random_seed(config.seed)
-    model = build_model(dataset, interactions, positions, config)
-    model.compile(optimizer=_optimizer(config))
+    strategy = distribute.strategy_for(config.distribution)
+    with strategy.scope():
+        model = build_model(dataset, interactions, positions, config)
+        model.compile(optimizer=_optimizer(config))
     if config.model != TUTORIAL and config.loss == MULTINOMIAL:
         # One example per user who has training ratings.
         users = np.unique(interactions.user_rows[positions])
@@ -262,9 +271,10 @@ def _train(
         )
     else:
         examples = _ratings_dataset(dataset.ratings, positions)
+    # batch_size is per replica; Keras splits each global batch.
     examples = examples.shuffle(
         len(examples), seed=config.seed, reshuffle_each_iteration=True
-    ).batch(config.batch_size)
+    ).batch(config.batch_size * strategy.num_replicas_in_sync)
     if config.model == TUTORIAL:
         # As the tutorial does: caching after the shuffle replays the first
         # epoch's order in every epoch.
@@ -513,6 +523,17 @@ def train_and_publish(
             json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
             encoding="utf-8",
         )
+        if not distribute.is_chief(
+            distribute.strategy_for(config.distribution)
+        ):
+            # Every worker of a multi-worker run trains the same model; one
+            # publishes it.
+            _log.info("trained as a non-chief worker; the chief publishes")
+            return TrainResult(
+                version=version,
+                paths=layout.VersionPaths(models_dir, version),
+                manifest=manifest,
+            )
         paths = layout.publish(staged, models_dir, version)
     finally:
         # publish() removes the folder itself; this covers a failed check.
