@@ -13,6 +13,7 @@ from pathlib import Path
 from candidate_service.settings import Settings
 from serving_common import logs, metrics
 from serving_common.server import (
+    add_server_arguments,
     add_tls_arguments,
     set_default_tls,
     tls_from_args,
@@ -31,14 +32,7 @@ def _parser() -> argparse.ArgumentParser:
             "the same model version."
         ),
     )
-    p.add_argument(
-        "--models-dir",
-        default=os.environ.get("MODELS_DIR", "build/models"),
-        help="the trainer's models directory (default: $MODELS_DIR or "
-        "%(default)s)",
-    )
-    p.add_argument("--host", default="0.0.0.0", help="default: %(default)s")
-    p.add_argument("--port", type=int, default=50051, help="default: 50051")
+    add_server_arguments(p, port=50051)
     p.add_argument(
         "--query-server",
         default=os.environ.get("QUERY_SERVER", "localhost:8500"),
@@ -70,13 +64,6 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=2.0,
         help="how often to look for a newer version (default: %(default)s)",
-    )
-    p.add_argument(
-        "--grace-seconds",
-        type=float,
-        default=5.0,
-        help="on SIGTERM, time given to running requests "
-        "(default: %(default)s)",
     )
     p.add_argument(
         "--metrics-port",

@@ -147,6 +147,30 @@ def _request(query: RetrieveQuery) -> pb.RetrieveRequest:
     )
 
 
+def wait_until_serving(channel: grpc.Channel, timeout_s: float) -> bool:
+    """Follows the standard health service until it reports SERVING.
+
+    Args:
+      channel: a channel to the service.
+      timeout_s: seconds to wait at most.
+
+    Returns:
+      True once SERVING; False if it was not by then.
+    """
+    stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        for update in stub.Watch(
+            health_pb2.HealthCheckRequest(service=""),
+            timeout=timeout_s,
+            wait_for_ready=True,
+        ):
+            if update.status == health_pb2.HealthCheckResponse.SERVING:
+                return True
+    except grpc.RpcError:
+        return False
+    return False
+
+
 class RetrievalClient:
     """Calls a candidate service over one long-lived channel.
 
@@ -267,15 +291,4 @@ class RetrievalClient:
         Returns:
           True once SERVING; False if it was not by then.
         """
-        stub = health_pb2_grpc.HealthStub(self._channel)
-        try:
-            for update in stub.Watch(
-                health_pb2.HealthCheckRequest(service=""),
-                timeout=timeout,
-                wait_for_ready=True,
-            ):
-                if update.status == health_pb2.HealthCheckResponse.SERVING:
-                    return True
-        except grpc.RpcError:
-            return False
-        return False
+        return wait_until_serving(self._channel, timeout)

@@ -7,8 +7,8 @@ import argparse
 import sys
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from candidate_service.api_client import wait_until_serving
 from movie_retrieval.v1 import retrieval_service_pb2 as pb
 from movie_retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 
@@ -32,22 +32,6 @@ def _parser() -> argparse.ArgumentParser:
         help="first wait up to this long for the service to report SERVING",
     )
     return p
-
-
-def wait_until_serving(channel: grpc.Channel, timeout_s: float) -> bool:
-    """Polls the standard health service until SERVING or `timeout_s`."""
-    stub = health_pb2_grpc.HealthStub(channel)
-    try:
-        for update in stub.Watch(
-            health_pb2.HealthCheckRequest(service=""),
-            timeout=timeout_s,
-            wait_for_ready=True,
-        ):
-            if update.status == health_pb2.HealthCheckResponse.SERVING:
-                return True
-    except grpc.RpcError:
-        return False
-    return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from serving_common import logs
 from serving_common.server import (
     ServerTls,
+    add_server_arguments,
     add_tls_arguments,
     set_default_tls,
     tls_from_args,
@@ -32,14 +33,7 @@ def _parser() -> argparse.ArgumentParser:
             "API."
         ),
     )
-    p.add_argument(
-        "--models-dir",
-        default=os.environ.get("MODELS_DIR", "build/models"),
-        help="the trainer's models directory (default: $MODELS_DIR or "
-        "%(default)s)",
-    )
-    p.add_argument("--host", default="0.0.0.0", help="default: %(default)s")
-    p.add_argument("--port", type=int, default=8500, help="default: 8500")
+    add_server_arguments(p, port=8500)
     p.add_argument(
         "--backend",
         choices=("auto", "builtin", "tfserving"),
@@ -58,13 +52,6 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=2,
         help="newest versions kept loaded (default: %(default)s)",
-    )
-    p.add_argument(
-        "--grace-seconds",
-        type=float,
-        default=5.0,
-        help="on SIGTERM, time given to running requests "
-        "(default: %(default)s)",
     )
     p.add_argument(
         "--tf-threads",

@@ -6,6 +6,7 @@ import concurrent.futures
 import dataclasses
 import importlib
 import logging
+import os
 import signal
 import threading
 import typing
@@ -70,6 +71,32 @@ def set_default_tls(tls: ServerTls | None) -> None:
     """
     global _default_tls
     _default_tls = tls
+
+
+def add_server_arguments(
+    parser: argparse.ArgumentParser, port: int
+) -> None:
+    """Adds the flags both servers share: --models-dir, --host, --port and
+    --grace-seconds."""
+    parser.add_argument(
+        "--models-dir",
+        default=os.environ.get("MODELS_DIR", "build/models"),
+        help="the trainer's models directory (default: $MODELS_DIR or "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--host", default="0.0.0.0", help="default: %(default)s"
+    )
+    parser.add_argument(
+        "--port", type=int, default=port, help="default: %(default)s"
+    )
+    parser.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=5.0,
+        help="on SIGTERM, time given to running requests "
+        "(default: %(default)s)",
+    )
 
 
 def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
