@@ -144,7 +144,8 @@ def _parser() -> argparse.ArgumentParser:
         "--version",
         type=int,
         default=None,
-        help="version number to publish (default: one more than the newest)",
+        help="version number to publish, above every existing one "
+        "(default: one more than the newest)",
     )
     p.add_argument(
         "--keep-versions",
@@ -175,28 +176,40 @@ def main(argv: list[str] | None = None) -> int:
 
     # Imported here so that --help and flag errors answer without the
     # seconds TensorFlow takes to load.
-    from model_store.layout import PublishError
+    from model_store import layout
     from trainer import movielens
     from trainer.train import train_and_publish
+
+    models_dir = Path(args.models_dir)
+    if args.version is not None:
+        # TF Serving serves the highest number, and numbers are never
+        # reused: a new version must come after every existing one.
+        lowest = layout.next_version(models_dir)
+        if args.version < lowest:
+            _parser().error(
+                f"--version must be at least {lowest}: versions up to "
+                f"{lowest - 1} exist or existed in {models_dir}"
+            )
 
     try:
         data_dir = movielens.resolve_data_dir(
             args.data_dir, args.release, args.cache_dir
         )
         dataset = movielens.load(data_dir)
+    except (movielens.DownloadError, FileNotFoundError, ValueError) as e:
+        # ValueError covers a malformed row (DataFormatError) and a release
+        # name that is not one.
+        _log.error("%s", e)
+        return 1
+    try:
         result = train_and_publish(
             dataset,
-            Path(args.models_dir),
+            models_dir,
             config,
             version=args.version,
             min_index_recall=args.min_index_recall,
         )
-    except (
-        movielens.DataFormatError,
-        movielens.DownloadError,
-        FileNotFoundError,
-        PublishError,
-    ) as e:
+    except layout.PublishError as e:
         _log.error("%s", e)
         return 1
     _log.info(
@@ -205,9 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         result.paths.query,
         result.paths.index,
     )
-    from model_store.layout import prune
-
-    prune(Path(args.models_dir), args.keep_versions)
+    layout.prune(models_dir, args.keep_versions)
     return 0
 
 
