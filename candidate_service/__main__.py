@@ -15,8 +15,8 @@ from serving_common import logs, metrics
 from serving_common.server import (
     add_server_arguments,
     add_tls_arguments,
+    parse_server_args,
     set_default_tls,
-    tls_from_args,
     wait_for_termination,
 )
 
@@ -78,13 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        tls = tls_from_args(args)
-    except ValueError as e:
-        parser.error(str(e))
-    logs.configure_from(args)
+    args, tls = parse_server_args(_parser(), argv)
 
     from candidate_service.server import create_server
 

@@ -15,8 +15,8 @@ from serving_common.server import (
     ServerTls,
     add_server_arguments,
     add_tls_arguments,
+    parse_server_args,
     set_default_tls,
-    tls_from_args,
     wait_for_termination,
 )
 
@@ -111,13 +111,7 @@ def _exec_tfserving(binary: str, args, tls: ServerTls | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        tls = tls_from_args(args)
-    except ValueError as e:
-        parser.error(str(e))
-    logs.configure_from(args)
+    args, tls = parse_server_args(_parser(), argv)
     if args.tf_threads > 0:
         # A query-tower call is about a tenth of a millisecond of work;
         # handing it to TensorFlow's pool threads costs more than it saves

@@ -18,6 +18,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from serving_common import logs
 from serving_common.errors import ErrorInterceptor
 from serving_common.metrics import MetricsInterceptor
 
@@ -129,6 +130,24 @@ def tls_from_args(args: argparse.Namespace) -> ServerTls | None:
     if args.tls_cert is None:
         return None
     return ServerTls(cert_chain=args.tls_cert, private_key=args.tls_key)
+
+
+def parse_server_args(
+    parser: argparse.ArgumentParser, argv: list[str] | None
+) -> tuple[argparse.Namespace, ServerTls | None]:
+    """Parses a server's flags, checks the TLS pair and configures logging,
+    the start every server entry point shares.
+
+    Returns:
+      (args, tls): the flags, and the TLS files or None for plaintext.
+    """
+    args = parser.parse_args(argv)
+    try:
+        tls = tls_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    logs.configure_from(args)
+    return args, tls
 
 
 @dataclasses.dataclass

@@ -97,16 +97,6 @@ class TwoTowerModel(tfrs.Model):
         )
 
 
-def top_k_metrics(results: dict[str, float]) -> dict[str, float]:
-    """Renames Keras' evaluation results to `top_1` ... `top_100`."""
-    return {
-        f"top_{k}": float(
-            results[f"factorized_top_k/top_{k}_categorical_accuracy"]
-        )
-        for k in TOP_KS
-    }
-
-
 def _constant(values: np.ndarray, name: str) -> tf.Variable:
     # A non-trainable variable rather than a graph constant: a SavedModel's
     # graph is one protocol buffer, capped at 2 GB, and the history of the
