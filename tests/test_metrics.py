@@ -155,14 +155,21 @@ def test_outbound_calls_are_timed_by_method_and_code(endpoint, query_server):
     after = scrape(endpoint)
 
     service = "tensorflow.serving.ModelService"
-    for code, count in [("OK", 2), ("NOT_FOUND", 1)]:
+    def counted(code):
         key = rpc(
             "grpc_client_handling_seconds_count",
             service,
             "GetModelStatus",
             code,
         )
-        assert increase(before, after, key) == count
+        return increase(before, after, key)
+
+    # Candidate services started by other tests in this process check the
+    # query server with GetModelStatus through the same process-wide
+    # metrics, so successes may count more than this test's own two; none
+    # of theirs is NOT_FOUND.
+    assert counted("OK") >= 2
+    assert counted("NOT_FOUND") == 1
 
 
 def test_serving_version_gauges(endpoint):
