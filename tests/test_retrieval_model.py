@@ -131,6 +131,70 @@ def test_the_multinomial_loss_is_the_summed_log_likelihood_per_user():
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    return logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+
+
+@pytest.mark.parametrize(
+    "hidden, expected_terms",
+    [
+        # u1 hides movie 10 and shows 30; u2 hides its only movie, 40, so
+        # its query is empty: uniform scores over the four movies.
+        ([1.0, 0.0, 1.0], lambda u1, u2: u1[0] + u2[3]),
+        # u1 hides both its movies: each weighs 1 / sqrt(2).
+        ([1.0, 1.0, 1.0], lambda u1, u2: (u1[0] + u1[2]) / np.sqrt(2) + u2[3]),
+    ],
+)
+def test_the_masked_loss_scores_only_the_hidden_movies(
+    monkeypatch, hidden, expected_terms
+):
+    import tensorflow as tf
+
+    query = _query_tower(user_embedding=False)
+    candidate = model.CandidateTower(MOVIES, 5)
+    retrieval = model.RetrievalModel(query, candidate, loss="masked")
+    # History entries in order: u1's 10 and 30, then u2's 40.
+    monkeypatch.setattr(
+        retrieval,
+        "draw_hidden",
+        lambda batch, entry_rows: tf.constant(hidden),
+    )
+
+    loss = retrieval.compute_loss(
+        {"user_id": tf.constant(["u1", "u2"])}, training=True
+    ).numpy()
+
+    movies = candidate(tf.constant(MOVIES)).numpy()
+    shown_u1 = [row for row, h in ((1, hidden[0]), (3, hidden[1])) if not h]
+    query_u1 = (
+        _history_table(query)[shown_u1].mean(axis=0)
+        if shown_u1
+        else np.zeros(5)
+    )
+    u1 = _log_softmax(query_u1 @ movies.T)
+    u2 = _log_softmax(np.zeros(5) @ movies.T)
+    assert loss == pytest.approx(-expected_terms(u1, u2) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("least", [0.2, 0.6])
+def test_the_masked_loss_hides_a_share_drawn_per_user(least):
+    import tensorflow as tf
+
+    retrieval = model.RetrievalModel(
+        _query_tower(), model.CandidateTower(MOVIES, 5), history_dropout=least
+    )
+    users, movies_each = 400, 300
+    entry_rows = tf.repeat(tf.range(users, dtype=tf.int64), movies_each)
+
+    hidden = retrieval.draw_hidden(users, entry_rows).numpy()
+
+    shares = hidden.reshape(users, movies_each).mean(axis=1)
+    # Uniform between `least` and 1, blurred by 300 coin flips per user.
+    assert shares.min() > least - 0.1
+    assert shares.mean() == pytest.approx((1 + least) / 2, abs=0.02)
+    assert shares.std() == pytest.approx((1 - least) / np.sqrt(12), abs=0.02)
+
+
 def test_the_full_softmax_loss_leaves_the_target_out_of_the_query():
     import tensorflow as tf
 
@@ -162,11 +226,12 @@ def test_the_history_must_cover_the_vocabulary():
         model.QueryTower(USERS, 4, 4, history=history)
 
 
-def test_the_multinomial_loss_needs_a_history():
+@pytest.mark.parametrize("loss", ["masked", "multinomial"])
+def test_the_per_user_losses_need_a_history(loss):
     query = model.QueryTower(USERS, 4, 4, history=None)
 
-    with pytest.raises(ValueError, match="history"):
-        model.RetrievalModel(query, model.CandidateTower(MOVIES, 4))
+    with pytest.raises(ValueError, match=f"the {loss} loss reads"):
+        model.RetrievalModel(query, model.CandidateTower(MOVIES, 4), loss=loss)
 
 
 def test_an_unknown_loss_is_refused():

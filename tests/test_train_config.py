@@ -44,7 +44,7 @@ def test_the_tutorial_settings_are_the_published_ones():
         ({"optimizer": "sgd"}, "optimizer must be one of"),
         ({"loss": "hinge"}, "loss must be one of"),
         ({"model": "deep"}, "model must be one of"),
-        ({"history": False, "user_embedding": True}, "multinomial loss"),
+        ({"history": False, "user_embedding": True}, "masked loss"),
         ({"history": False, "loss": "in_batch"}, "user_embedding, history"),
         ({"embedding_dim": 1}, "item_bias"),
     ],

@@ -14,7 +14,7 @@ TUTORIAL = "tutorial"
 FEATURES = "features"
 MODELS = (TUTORIAL, FEATURES)
 OPTIMIZERS = ("adam", "adagrad")
-LOSSES = ("multinomial", "full_softmax", "in_batch")
+LOSSES = ("masked", "multinomial", "full_softmax", "in_batch")
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 
 
@@ -25,9 +25,10 @@ class TrainConfig:
     Attributes:
       embedding_dim: width of both towers' output embeddings.
       epochs: passes over the training data (over the ratings, or over the
-        users for the "multinomial" loss); with early stopping, the most
+        users for the per-user losses); with early stopping, the most
         that are tried.
-      batch_size: examples per step (ratings, or users for "multinomial").
+      batch_size: examples per step (ratings, or users for the per-user
+        losses).
       learning_rate: the optimiser's learning rate.
       seed: seeds the split, the weights and the shuffle order.
       test_fraction: share of ratings held out for the test metrics.
@@ -45,12 +46,15 @@ class TrainConfig:
       history: the query tower adds the mean embedding of the user's
         training movies.
       history_dropout: share of a user's history hidden from the query
-        tower in each training example.
+        tower in each training example; with the "masked" loss, the least
+        share (each user's is drawn between it and 1).
       movie_features: the candidate tower adds genre, release-year and
         title-word embeddings.
       item_bias: one output column is a learned per-movie bias (1 on the
         query side).
-      loss: "multinomial" (per user, against every movie), "full_softmax"
+      loss: "masked" (per user, the hidden part of their history against
+        every movie), "multinomial" (per user, all their movies against
+        every movie), "full_softmax"
         (per rating, against every movie) or "in_batch" (per rating,
         against the batch's other movies); see `model.RetrievalModel`.
       temperature: logits are divided by it.
@@ -77,10 +81,10 @@ class TrainConfig:
     early_stopping_patience: int = 30
     user_embedding: bool = False
     history: bool = True
-    history_dropout: float = 0.5
+    history_dropout: float = 0.2
     movie_features: bool = True
     item_bias: bool = True
-    loss: str = "multinomial"
+    loss: str = "masked"
     temperature: float = 1.0
     logq_correction: bool = False
     remove_accidental_hits: bool = False
@@ -129,9 +133,9 @@ class TrainConfig:
                 raise ValueError(
                     "the query tower needs user_embedding, history or both"
                 )
-            if self.loss == "multinomial" and not self.history:
+            if self.loss in ("masked", "multinomial") and not self.history:
                 raise ValueError(
-                    "the multinomial loss reads each user's movies from "
+                    f"the {self.loss} loss reads each user's movies from "
                     "their history; set history=True or another loss"
                 )
             if self.item_bias and self.embedding_dim < 2:

@@ -29,10 +29,13 @@ from trainer.features import HistoryTable, MovieFeatures
 
 TOP_KS = (1, 5, 10, 50, 100)
 
+MASKED = "masked"
 MULTINOMIAL = "multinomial"
 FULL_SOFTMAX = "full_softmax"
 IN_BATCH = "in_batch"
-LOSSES = (MULTINOMIAL, FULL_SOFTMAX, IN_BATCH)
+LOSSES = (MASKED, MULTINOMIAL, FULL_SOFTMAX, IN_BATCH)
+# The losses whose examples are users rather than ratings.
+PER_USER_LOSSES = (MASKED, MULTINOMIAL)
 
 
 def id_tower(
@@ -278,11 +281,28 @@ class QueryTower(keras.Model):
             movies rather than to find it in their history.
           dropout: share of each history dropped at random (training only).
         """
+        if not self.use_history:
+            return self.embed_with_history(rows, None, None, None)
+        entry_rows, movies = self.history_entries(rows)
+        shown = tf.ones_like(movies, dtype=tf.float32)
+        if leave_out is not None:
+            shown *= tf.cast(movies != tf.gather(leave_out, entry_rows), tf.float32)
+        if dropout > 0.0:
+            shown *= tf.cast(
+                tf.random.uniform(tf.shape(shown)) >= dropout, tf.float32
+            )
+        return self.embed_with_history(rows, entry_rows, movies, shown)
+
+    def embed_with_history(self, rows, entry_rows, movies, shown):
+        """As `embed_rows`, with the histories given: entry i is movie
+        lookup row `movies[i]` of user `rows[entry_rows[i]]` (as from
+        `history_entries`), and counts only where float32 `shown[i]` is 1.
+        All three are None for a tower without a history."""
         parts = []
         if self.user_embedding is not None:
             parts.append(self.user_embedding(rows))
         if self.use_history:
-            parts.append(self._history_mean(rows, leave_out, dropout))
+            parts.append(self._history_mean(rows, entry_rows, movies, shown))
         out = tf.add_n(parts)
         if self.item_bias:
             out = tf.concat([out, tf.ones_like(out[:, :1])], axis=1)
@@ -298,17 +318,9 @@ class QueryTower(keras.Model):
         movies = tf.gather(self.history_movies, positions.flat_values)
         return positions.value_rowids(), movies
 
-    def _history_mean(self, rows, leave_out, dropout):
-        entry_rows, movies = self.history_entries(rows)
+    def _history_mean(self, rows, entry_rows, movies, shown):
         table = self.history_embedding.embeddings
-
-        weights = tf.ones_like(movies, dtype=table.dtype)
-        if leave_out is not None:
-            kept = movies != tf.gather(leave_out, entry_rows)
-            weights *= tf.cast(kept, table.dtype)
-        if dropout > 0.0:
-            kept = tf.random.uniform(tf.shape(weights)) >= dropout
-            weights *= tf.cast(kept, table.dtype)
+        weights = tf.cast(shown, table.dtype)
 
         # The batch's histories as a sparse [batch, movies] 0/1 matrix times
         # the table: its gradient is one dense table-sized update, where
@@ -328,15 +340,21 @@ class QueryTower(keras.Model):
 class RetrievalModel(tfrs.Model):
     """`QueryTower` and `CandidateTower` trained for retrieval.
 
-    With the "multinomial" loss, batches are dicts with a string tensor
-    `user_id` `[batch]` of users with a training history; with the others,
+    With the "masked" and "multinomial" losses, batches are dicts with a
+    string tensor `user_id` `[batch]` of users with a training history;
+    with the others,
     dicts with string tensors `user_id` and `movie_id` `[batch]`, each pair
     a training rating.
 
     Args:
       query_tower: the user side.
       candidate_tower: the movie side.
-      loss: "multinomial": each example is a user, whose query (built from
+      loss: "masked": each example is a user; a random share of their
+        history, drawn per user between `history_dropout` and 1, is hidden,
+        the query is built from the rest and scored against the whole
+        catalogue, and the log-likelihood of the hidden movies is
+        maximised, each user's weighted by one over the square root of
+        their number. "multinomial": each example is a user, whose query (built from
         a random part of their history) is scored against the whole
         catalogue, and the log-likelihood of all their training movies is
         maximised (Liang et al.'s Mult-DAE, WWW 2018). "full_softmax":
@@ -351,17 +369,17 @@ class RetrievalModel(tfrs.Model):
       remove_accidental_hits: with "in_batch", do not count another pair
         of the batch with the same movie as a negative.
       history_dropout: share of each user's history hidden from the query
-        tower in a training example.
+        tower in a training example; with "masked", the least share.
 
     Raises:
-      ValueError: an unknown loss, or "multinomial" without a history.
+      ValueError: an unknown loss, or a per-user loss without a history.
     """
 
     def __init__(
         self,
         query_tower: QueryTower,
         candidate_tower: CandidateTower,
-        loss: str = MULTINOMIAL,
+        loss: str = MASKED,
         temperature: float = 1.0,
         movie_frequency: np.ndarray | None = None,
         remove_accidental_hits: bool = False,
@@ -370,9 +388,9 @@ class RetrievalModel(tfrs.Model):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
-        if loss == MULTINOMIAL and not query_tower.use_history:
+        if loss in PER_USER_LOSSES and not query_tower.use_history:
             raise ValueError(
-                "the multinomial loss reads each user's movies from the "
+                f"the {loss} loss reads each user's movies from the "
                 "query tower's history; build the tower with a history"
             )
         self.query_tower = query_tower
@@ -394,6 +412,8 @@ class RetrievalModel(tfrs.Model):
     def compute_loss(self, features, training=False):
         users = self.query_tower.lookup(features["user_id"])
         dropout = self.history_dropout if training else 0.0
+        if self.loss_kind == MASKED:
+            return self._masked_loss(users)
         if self.loss_kind == MULTINOMIAL:
             return self._multinomial_loss(users, dropout)
 
@@ -437,3 +457,44 @@ class RetrievalModel(tfrs.Model):
             log_probabilities, tf.stack([rows, movies - 1], axis=1)
         )
         return -tf.reduce_sum(picked) / tf.cast(tf.shape(users)[0], tf.float32)
+
+    def _masked_loss(self, users):
+        rows, movies = self.query_tower.history_entries(users)
+        hidden = self.draw_hidden(tf.shape(users)[0], rows)
+        query = self.query_tower.embed_with_history(
+            users, rows, movies, 1.0 - hidden
+        )
+        log_probabilities = tf.nn.log_softmax(self._catalogue_logits(query))
+        picked = tf.gather_nd(
+            log_probabilities, tf.stack([rows, movies - 1], axis=1)
+        )
+        # Only hidden movies are targets: a shown movie is the easy answer,
+        # and rewarding it teaches the towers to hand a user's history
+        # back, which serving filters out and the tutorial protocol counts
+        # as misses. The shown ones stay in the softmax as negatives.
+        # Each user's hidden movies are weighted by 1 / sqrt(their number),
+        # between Mult-DAE's per-movie sum, which lets the heavily hidden
+        # examples of heavy users dominate (clearly worse on validation),
+        # and a per-user mean, which did no better than this.
+        batch = tf.shape(users, out_type=tf.int64)[0]
+        num_hidden = tf.math.unsorted_segment_sum(hidden, rows, batch)
+        weights = hidden * tf.gather(
+            tf.math.rsqrt(tf.maximum(num_hidden, 1.0)), rows
+        )
+        return -tf.reduce_sum(picked * weights) / tf.cast(batch, tf.float32)
+
+    def draw_hidden(self, batch, entry_rows):
+        """float32 `[entries]`, 1 where a history entry is hidden from the
+        query in the "masked" loss: each of the `batch` users hides each of
+        their movies with a probability drawn for them uniformly between
+        `history_dropout` and 1."""
+        # Each user hides a different share: a query built from a few of a
+        # user's movies and one built from nearly all are both asked at
+        # serving time (a new user, a long-standing one). Hiding the whole
+        # history leaves only the popularity bias, which trains the query
+        # of a user with no history at all.
+        share = tf.random.uniform(
+            [batch], minval=self.history_dropout, maxval=1.0
+        )
+        draws = tf.random.uniform(tf.shape(entry_rows))
+        return tf.cast(draws < tf.gather(share, entry_rows), tf.float32)

@@ -26,7 +26,7 @@ from trainer import (
 )
 from trainer.config import TUTORIAL, TrainConfig
 from trainer.model import (
-    MULTINOMIAL,
+    PER_USER_LOSSES,
     TOP_KS,
     CandidateTower,
     QueryTower,
@@ -263,7 +263,7 @@ def _train(
     with strategy.scope():
         model = build_model(dataset, interactions, positions, config)
         model.compile(optimizer=_optimizer(config))
-    if config.model != TUTORIAL and config.loss == MULTINOMIAL:
+    if config.model != TUTORIAL and config.loss in PER_USER_LOSSES:
         # One example per user who has training ratings.
         users = np.unique(interactions.user_rows[positions])
         examples = tf.data.Dataset.from_tensor_slices(
