@@ -66,6 +66,9 @@ def test_ranking_quality_matches_the_hand_computation():
 
     # Recall@k: user 0 1, 1/2, 2/2; user 1 0, 1, 1; user 2 0, 0, 0.
     np.testing.assert_allclose(quality.recall, [1 / 3, 0.5, 2 / 3])
+    # A cut-off under 10 keeps each user's recall at max_k.
+    assert quality.user_recall_k == 3
+    np.testing.assert_allclose(quality.user_recall, [1.0, 1.0, 0.0])
     # NDCG@2: user 0 1 / (1 + 1/log2 3); user 1 (1/log2 3) / 1; user 2 0.
     discount = 1 / math.log2(3)
     expected = (1 / (1 + discount) + discount) / 3
@@ -100,7 +103,8 @@ def test_recall_stays_flat_beyond_a_small_catalogue():
 
 
 def _brute_force(scores, seen, held_out, k):
-    recalls, ndcgs = [], []
+    """(mean Recall@k, mean NDCG@k, {user row: Recall@k})."""
+    recalls, ndcgs, by_user = [], [], {}
     for user in range(scores.shape[0]):
         skip = set(
             seen.movie_rows[seen.row_splits[user] : seen.row_splits[user + 1]]
@@ -121,10 +125,11 @@ def _brute_force(scores, seen, held_out, k):
         )[:k]
         hits = [m in relevant for m in ranked]
         recalls.append(sum(hits) / min(k, len(relevant)))
+        by_user[user] = recalls[-1]
         dcg = sum(h / math.log2(i + 2) for i, h in enumerate(hits))
         ideal = sum(1 / math.log2(i + 2) for i in range(min(k, len(relevant))))
         ndcgs.append(dcg / ideal)
-    return np.mean(recalls), np.mean(ndcgs)
+    return np.mean(recalls), np.mean(ndcgs), by_user
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -141,9 +146,71 @@ def test_ranking_quality_equals_a_brute_force_loop(seed):
         lambda u: scores[u], seen, held_out, max_k=10, ndcg_k=10
     )
 
-    recall, ndcg = _brute_force(scores, seen, held_out, 10)
+    recall, ndcg, by_user = _brute_force(scores, seen, held_out, 10)
     assert quality.recall[-1] == pytest.approx(recall, abs=1e-12)
     assert quality.ndcg == pytest.approx(ndcg, abs=1e-12)
+    assert quality.user_recall_k == 10
+    assert quality.users.tolist() == sorted(by_user)
+    np.testing.assert_allclose(
+        quality.user_recall, [by_user[u] for u in sorted(by_user)], atol=1e-12
+    )
+
+
+def test_recall_by_history_averages_within_quantile_bands():
+    # Users 0..7 have seen 1..8 movies; user u's Recall@10 is u / 10.
+    users = np.arange(8)
+    seen = UserMovies.build(
+        np.repeat(users, users + 1),
+        np.concatenate([np.arange(u + 1) for u in users]),
+        8,
+        10,
+    )
+    quality = evaluation.RankingQuality(
+        recall=np.zeros(10),
+        ndcg=0.0,
+        ndcg_k=10,
+        num_users=8,
+        users=users,
+        user_recall=users / 10,
+        user_recall_k=10,
+    )
+
+    bands = evaluation.recall_by_history(quality, seen, bands=4)
+
+    # Quartile edges of the lengths 1..8: 1, 2.75, 4.5, 6.25, 8.
+    assert [
+        (b["min_history"], b["max_history"], b["users"]) for b in bands
+    ] == [
+        (1, 2, 2),
+        (3, 4, 2),
+        (5, 6, 2),
+        (7, 8, 2),
+    ]
+    assert [b["recall"] for b in bands] == pytest.approx(
+        [0.05, 0.25, 0.45, 0.65]
+    )
+
+
+def test_recall_by_history_puts_tied_lengths_in_one_band():
+    # Every user has seen one movie: every quantile edge is 1.
+    seen = UserMovies.build(np.arange(4), np.zeros(4), 4, 3)
+    quality = evaluation.RankingQuality(
+        recall=np.zeros(10),
+        ndcg=0.0,
+        ndcg_k=10,
+        num_users=4,
+        users=np.arange(4),
+        user_recall=np.array([0.0, 1.0, 1.0, 0.0]),
+        user_recall_k=10,
+    )
+
+    bands = evaluation.recall_by_history(quality, seen, bands=3)
+
+    assert bands == [
+        {"min_history": 1, "max_history": 1, "users": 4, "recall": 0.5}
+    ]
+    with pytest.raises(ValueError, match="bands must be at least 1"):
+        evaluation.recall_by_history(quality, seen, bands=0)
 
 
 def test_top_k_accuracy_agrees_with_tfrs_factorized_top_k():

@@ -27,6 +27,9 @@ from trainer import movielens
 TUTORIAL_KS = (1, 5, 10, 50, 100)
 SERVING_KS = (10, 50, 100)
 NDCG_K = 10
+# Each user's recall at this cut-off (the headline Recall@10) is kept for
+# `recall_by_history`.
+PER_USER_K = 10
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 """Maps int64 user rows `[batch]` to float scores `[batch, num_movies]`;
@@ -185,12 +188,18 @@ class RankingQuality:
       ndcg: mean NDCG@ndcg_k.
       ndcg_k: the cut-off of `ndcg`.
       num_users: users averaged over (those with a held-out movie).
+      users: int64 [num_users], those users' rows, ascending.
+      user_recall: float64 [num_users], each one's Recall@`user_recall_k`.
+      user_recall_k: the cut-off of `user_recall`.
     """
 
     recall: np.ndarray
     ndcg: float
     ndcg_k: int
     num_users: int
+    users: np.ndarray
+    user_recall: np.ndarray
+    user_recall_k: int
 
     def metrics(self, ks=SERVING_KS) -> dict[str, float]:
         """{"recall_10": ..., "recall_50": ..., "ndcg_10": ...}.
@@ -206,6 +215,51 @@ class RankingQuality:
         out = {f"recall_{k}": float(self.recall[k - 1]) for k in ks}
         out[f"ndcg_{self.ndcg_k}"] = float(self.ndcg)
         return out
+
+
+def recall_by_history(
+    quality: RankingQuality, seen: UserMovies, bands: int = 4
+) -> list[dict[str, float]]:
+    """Mean per-user recall within bands of history length.
+
+    A single average hides which users a system serves well: one that
+    ranks light users' movies better can match another that is better for
+    heavy users. The bands are quantiles of the evaluated users' numbers of
+    seen movies, so they depend only on the split, and two systems scored
+    on one split share them.
+
+    Args:
+      quality: the result of `ranking_quality` on `seen`.
+      seen: the movies each user's query was built from.
+      bands: how many quantile bands.
+
+    Returns:
+      One dict per band, lightest first: `min_history` and `max_history`
+      (inclusive), `users`, and `recall` (mean Recall@`quality.user_recall_k`
+      of the band's users). Users on a shared edge count in the lower band.
+
+    Raises:
+      ValueError: bands is not positive.
+    """
+    if bands < 1:
+        raise ValueError(f"bands must be at least 1, got {bands}")
+    lengths = seen.counts()[quality.users]
+    edges = np.quantile(lengths, np.linspace(0.0, 1.0, bands + 1))
+    out, taken = [], np.zeros(len(lengths), dtype=bool)
+    for high in edges[1:]:
+        members = (lengths <= high) & ~taken
+        taken |= members
+        if not members.any():
+            continue
+        out.append(
+            {
+                "min_history": int(lengths[members].min()),
+                "max_history": int(lengths[members].max()),
+                "users": int(members.sum()),
+                "recall": float(quality.user_recall[members].mean()),
+            }
+        )
+    return out
 
 
 def top_k_accuracy(
@@ -289,7 +343,7 @@ def ranking_quality(
 
     Returns:
       Recall at every k from 1 to max_k and NDCG@ndcg_k, averaged over
-      users.
+      users, and each user's Recall@min(PER_USER_K, max_k).
 
     Raises:
       ValueError: the two matrices have different shapes, a cut-off is not
@@ -312,6 +366,8 @@ def ranking_quality(
     recall_sum = np.zeros(max_k)
     ndcg_sum = 0.0
     num_users = 0
+    user_k = min(PER_USER_K, max_k)
+    evaluated, user_recall = [], []
     users = np.flatnonzero(held_out.counts() > 0)
     for start in range(0, len(users), _USER_BATCH):
         batch = users[start : start + _USER_BATCH]
@@ -341,9 +397,10 @@ def ranking_quality(
                 mode="edge",
             )
         ks = np.arange(1, max_k + 1)
-        recall_sum += (
-            cumulative / np.minimum(ks[None, :], num_relevant[:, None])
-        ).sum(axis=0)
+        recall = cumulative / np.minimum(ks[None, :], num_relevant[:, None])
+        recall_sum += recall.sum(axis=0)
+        evaluated.append(batch)
+        user_recall.append(recall[:, user_k - 1])
 
         cut = min(ndcg_k, depth)
         dcg = hits[:, :cut] @ discounts[:cut]
@@ -360,6 +417,9 @@ def ranking_quality(
         ndcg=ndcg_sum / num_users,
         ndcg_k=ndcg_k,
         num_users=num_users,
+        users=np.concatenate(evaluated).astype(np.int64),
+        user_recall=np.concatenate(user_recall),
+        user_recall_k=user_k,
     )
 
 
