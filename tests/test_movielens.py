@@ -562,6 +562,20 @@ FAULTS = [
         "rating 'nan' is not a number",
     ),
     Fault(
+        "rating_above_five_stars",
+        "ratings",
+        6,
+        lambda f: f.rating_line(["1", "2", "7", TS]),
+        "rating '7' is outside 0.5 to 5 stars",
+    ),
+    Fault(
+        "zero_rating",
+        "ratings",
+        5,
+        lambda f: f.rating_line(["1", "2", "0", TS]),
+        "rating '0' is outside 0.5 to 5 stars",
+    ),
+    Fault(
         "non_numeric_timestamp",
         "ratings",
         NUM_RATINGS - 1,

@@ -13,7 +13,6 @@ import hashlib
 import http.client
 import io
 import logging
-import math
 import os
 import re
 import shutil
@@ -104,7 +103,10 @@ _FLOAT_PATTERN = re.compile(
     r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*", re.ASCII
 )
 _INT64 = np.iinfo(np.int64)
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Every release rates in stars: whole ones from 1 to 5 (ml-100k, ml-1m) or
+# halves from 0.5 (the CSV releases). A value outside that is a corrupt or
+# foreign file, even though retrieval only uses that a rating exists.
+MIN_RATING, MAX_RATING = 0.5, 5.0
 
 _RELEASE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _MARKER = ".movie-retrieval-verified"
@@ -285,8 +287,9 @@ def load(data_dir: str | os.PathLike) -> Dataset:
         recognised file pairs.
       DataFormatError: a row is malformed: wrong field count, an id that is
         not an integer, a rating or timestamp that is not a number, a
-        duplicate movie id, a rating of a movie the movies file lacks, or
-        bytes that are not valid in the release's encoding.
+        rating outside 0.5 to 5 stars, a duplicate movie id, a rating of a
+        movie the movies file lacks, or bytes that are not valid in the
+        release's encoding.
     """
     folder = Path(data_dir)
     layout = _detect_layout(folder)
@@ -708,7 +711,8 @@ def _parse_block_fast(
 
     if len(rows) != num_lines:
         return None
-    if not np.all(np.abs(rows["rating"]) <= _FLOAT32_MAX):
+    ratings = rows["rating"]
+    if not np.all((ratings >= MIN_RATING) & (ratings <= MAX_RATING)):
         return None  # NaN fails this too.
     if not np.all(np.isin(rows["movie_id"], known_movies)):
         return None
@@ -876,12 +880,15 @@ def _parse_int(text: str, what: str) -> int:
 
 
 def _parse_rating(text: str) -> float:
-    """Parses a rating that fits float32; raises `_RowError`."""
+    """Parses a rating of MIN_RATING to MAX_RATING stars; raises
+    `_RowError`."""
     if not _FLOAT_PATTERN.fullmatch(text):
         raise _RowError(f"rating {text!r} is not a number")
     value = float(text)
-    if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
-        raise _RowError(f"rating {text!r} is out of range")
+    if not MIN_RATING <= value <= MAX_RATING:
+        raise _RowError(
+            f"rating {text!r} is outside {MIN_RATING:g} to {MAX_RATING:g} stars"
+        )
     return value
 
 
