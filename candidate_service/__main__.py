@@ -16,7 +16,6 @@ from serving_common.server import (
     add_server_arguments,
     add_tls_arguments,
     parse_server_args,
-    set_default_tls,
     wait_for_termination,
 )
 
@@ -38,6 +37,14 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("QUERY_SERVER", "localhost:8500"),
         help="host:port of the query server (default: $QUERY_SERVER or "
         "%(default)s)",
+    )
+    p.add_argument(
+        "--query-server-ca",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="call the query server over TLS, trusting these certificates "
+        "(default: plaintext)",
     )
     p.add_argument(
         "--query-timeout",
@@ -82,9 +89,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from candidate_service.server import create_server
 
-    # Settings has no TLS field yet; see serving_common.server._default_tls.
-    set_default_tls(tls)
-
     settings = Settings(
         address=f"{args.host}:{args.port}",
         models_dir=Path(args.models_dir),
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         poll_s=args.poll_seconds,
         max_in_flight=args.max_in_flight,
         max_batch=args.max_batch,
+        tls=tls,
+        query_server_ca=args.query_server_ca,
     )
     try:
         server = create_server(settings)

@@ -4,13 +4,16 @@
 """
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 import grpc
 
 from candidate_service.api_client import wait_until_serving
 from movie_retrieval.v1 import retrieval_service_pb2 as pb
 from movie_retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
+from serving_common.server import channel_credentials
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,12 +34,45 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="first wait up to this long for the service to report SERVING",
     )
+    p.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="connect with TLS, trusting these certificates "
+        "(default: plaintext)",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    with grpc.insecure_channel(args.address) as channel:
+    try:
+        status = _retrieve_and_print(args)
+        # Inside the try: a pipe's output is buffered, so a closed reader
+        # shows up here rather than at the print calls.
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        # The reader went away (`... | head -3`): not an error of ours.
+        # Point stdout at /dev/null so that the interpreter's own flush at
+        # exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    if args.tls_ca is None:
+        return grpc.insecure_channel(args.address)
+    try:
+        credentials = channel_credentials(args.tls_ca)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    return grpc.secure_channel(args.address, credentials)
+
+
+def _retrieve_and_print(args: argparse.Namespace) -> int:
+    with _channel(args) as channel:
         if args.wait_ready and not wait_until_serving(
             channel, args.wait_ready
         ):

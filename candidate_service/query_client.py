@@ -59,13 +59,23 @@ class QueryClient:
 
     Args:
       address: host:port of the query server.
+      credentials: call it over TLS with these; None for plaintext.
     """
 
-    def __init__(self, address: str):
+    def __init__(
+        self,
+        address: str,
+        credentials: grpc.ChannelCredentials | None = None,
+    ):
         self.address = address
-        self._channel = metrics.instrument_channel(
+        channel = (
             grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            if credentials is None
+            else grpc.secure_channel(
+                address, credentials, options=_CHANNEL_OPTIONS
+            )
         )
+        self._channel = metrics.instrument_channel(channel)
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(
             self._channel
         )

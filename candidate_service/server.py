@@ -18,7 +18,11 @@ from movie_retrieval.v1 import retrieval_service_pb2 as pb
 from movie_retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from serving_common import metrics
 from serving_common.errors import ServiceError
-from serving_common.server import BoundServer, start_server
+from serving_common.server import (
+    BoundServer,
+    channel_credentials,
+    start_server,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -34,7 +38,12 @@ class CandidateServer:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.query_client = QueryClient(settings.query_server)
+        self.query_client = QueryClient(
+            settings.query_server,
+            None
+            if settings.query_server_ca is None
+            else channel_credentials(settings.query_server_ca),
+        )
         self.retriever = Retriever(self.query_client)
         self._refused: set[int] = set()
         self._healthy = False
@@ -59,13 +68,18 @@ class CandidateServer:
             # in one coalesced batch.
             max_workers=settings.max_in_flight,
             max_in_flight=settings.max_in_flight,
+            tls=settings.tls,
         )
         _log.info(
-            "candidate service listening on port %d; models from %s, query "
-            "server at %s",
+            "candidate service listening on port %d (%s); models from %s, "
+            "query server at %s (%s)",
             self.bound.port,
+            "TLS" if settings.tls else "plaintext",
             settings.models_dir,
             settings.query_server,
+            "plaintext"
+            if settings.query_server_ca is None
+            else f"TLS, trusting {settings.query_server_ca}",
         )
         self._watcher = threading.Thread(
             target=self._watch, name="version-watch", daemon=True

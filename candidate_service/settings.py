@@ -4,7 +4,11 @@ Kept free of heavy imports so that `--help` answers at once.
 """
 
 import dataclasses
+import typing
 from pathlib import Path
+
+if typing.TYPE_CHECKING:
+    from serving_common.server import ServerTls
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +26,10 @@ class Settings:
         with RESOURCE_EXHAUSTED.
       max_batch: most concurrent Retrieve calls sent to the query server
         as one batch.
+      tls: serve TLS only, with this certificate and key; None for
+        plaintext.
+      query_server_ca: PEM certificates to trust for the query server; when
+        set, the query server is called over TLS, else in plaintext.
     """
 
     address: str = "0.0.0.0:50051"
@@ -31,3 +39,5 @@ class Settings:
     poll_s: float = 2.0
     max_in_flight: int = 64
     max_batch: int = 64
+    tls: "ServerTls | None" = None
+    query_server_ca: Path | None = None

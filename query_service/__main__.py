@@ -16,7 +16,6 @@ from serving_common.server import (
     add_server_arguments,
     add_tls_arguments,
     parse_server_args,
-    set_default_tls,
     wait_for_termination,
 )
 
@@ -139,15 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     from query_service.server import create_server
 
     _log.info("using the built-in query server (no %s)", tfserving.BINARY)
-    # create_server() takes no TLS settings yet; see
-    # serving_common.server._default_tls.
-    set_default_tls(tls)
     try:
         server = create_server(
             f"{args.host}:{args.port}",
             Path(args.models_dir),
             poll_s=args.poll_seconds,
             keep_versions=args.keep_versions,
+            tls=tls,
         )
     except (OSError, ValueError) as e:
         _log.error("%s", e)

@@ -16,7 +16,7 @@ from query_service.servicer import (
     ModelServiceServicer,
     PredictionServiceServicer,
 )
-from serving_common.server import BoundServer, start_server
+from serving_common.server import BoundServer, ServerTls, start_server
 
 _log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ def create_server(
     models_dir: Path,
     poll_s: float = 2.0,
     keep_versions: int = 2,
+    tls: ServerTls | None = None,
 ) -> QueryServer:
     """Loads the newest complete versions and starts serving them.
 
@@ -59,6 +60,8 @@ def create_server(
       models_dir: the models directory the trainer publishes into.
       poll_s: how often to look for new versions, in seconds.
       keep_versions: how many of the newest versions stay loaded.
+      tls: serve TLS only, with this certificate and key; None for
+        plaintext.
 
     Returns:
       The started server. Health is SERVING once a version is loaded.
@@ -78,7 +81,7 @@ def create_server(
             ModelServiceServicer(registry), server
         )
 
-    bound = start_server(address, register, SERVICE_NAMES)
+    bound = start_server(address, register, SERVICE_NAMES, tls=tls)
     stop = threading.Event()
 
     def refresh_and_report():

@@ -59,19 +59,21 @@ class ServerTls:
         return grpc.ssl_server_credentials([(key, chain)])
 
 
-# Known shortcoming: the candidate service's Settings and the query server's
-# create_server() take no TLS settings yet, so their entry points set this
-# process-wide default instead. Remove it once both pass `tls` explicitly.
-_default_tls: ServerTls | None = None
+def channel_credentials(root_certificates: Path) -> grpc.ChannelCredentials:
+    """Client credentials trusting the PEM certificates in a file: a
+    private CA's, or a self-signed server's.
 
-
-def set_default_tls(tls: ServerTls | None) -> None:
-    """Makes servers started without `tls` use this one (None: plaintext).
-
-    Called once by an entry point before it builds its server.
+    Raises:
+      ValueError: the file cannot be read; the message names it.
     """
-    global _default_tls
-    _default_tls = tls
+    try:
+        pem = Path(root_certificates).read_bytes()
+    except OSError as e:
+        raise ValueError(
+            f"cannot read the TLS CA certificates {root_certificates}: "
+            f"{e.strerror}"
+        ) from e
+    return grpc.ssl_channel_credentials(pem)
 
 
 def add_server_arguments(
@@ -198,8 +200,8 @@ def start_server(
       max_in_flight: beyond this many RPCs at once, new ones fail at once
         with RESOURCE_EXHAUSTED instead of queueing without bound; None
         for no limit.
-      tls: serve TLS only, with this certificate and key; None for the
-        process default (see `set_default_tls`), plaintext unless set.
+      tls: serve TLS only, with this certificate and key; None for
+        plaintext.
 
     Returns:
       The started server, NOT_SERVING until the caller says otherwise.
@@ -208,7 +210,6 @@ def start_server(
       OSError: the address could not be bound.
       ValueError: a TLS file cannot be read.
     """
-    tls = tls or _default_tls
     credentials = tls.credentials() if tls else None
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=max_workers),

@@ -1,10 +1,14 @@
-"""TLS on both servers, with a self-signed certificate made here: clients
-that trust it get answers, plaintext clients and clients trusting another
-certificate are refused."""
+"""TLS on both servers and on the hop between them, with self-signed
+certificates made here: clients that trust the server's certificate get
+answers, plaintext clients and clients trusting another certificate are
+refused."""
 
 import dataclasses
 import datetime
 import ipaddress
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -92,34 +96,27 @@ def other_certificate(tmp_path_factory) -> Certificate:
     return make_certificate(tmp_path_factory.mktemp("tls-other"), "other")
 
 
-def _with_default_tls(tls: wiring.ServerTls, build):
-    # The service factories take no TLS settings yet (see
-    # serving_common.server._default_tls): set the default only while one
-    # server is built, so no other fixture's server picks it up.
-    wiring.set_default_tls(tls)
-    try:
-        return build()
-    finally:
-        wiring.set_default_tls(None)
+def _candidate_settings(models, query_port, **changes):
+    from candidate_service.server import Settings
+
+    return Settings(
+        address="127.0.0.1:0",
+        models_dir=models,
+        query_server=f"127.0.0.1:{query_port}",
+        poll_s=0.2,
+        **changes,
+    )
 
 
 @pytest.fixture(scope="module")
 def tls_candidate_server(small_published, query_server, certificate):
     """A candidate service serving TLS, calling the plaintext query
     server."""
-    from candidate_service.server import Settings, create_server
+    from candidate_service.server import create_server
 
     models, _ = small_published
-    server = _with_default_tls(
-        certificate.tls,
-        lambda: create_server(
-            Settings(
-                address="127.0.0.1:0",
-                models_dir=models,
-                query_server=f"127.0.0.1:{query_server.port}",
-                poll_s=0.2,
-            )
-        ),
+    server = create_server(
+        _candidate_settings(models, query_server.port, tls=certificate.tls)
     )
     with RetrievalClient(
         f"127.0.0.1:{server.port}", root_certificates=certificate.pem
@@ -134,12 +131,79 @@ def tls_query_server(small_published, certificate):
     from query_service.server import create_server
 
     models, _ = small_published
-    server = _with_default_tls(
-        certificate.tls,
-        lambda: create_server("127.0.0.1:0", models, poll_s=0.2),
+    server = create_server(
+        "127.0.0.1:0", models, poll_s=0.2, tls=certificate.tls
     )
     yield server
     server.stop(0)
+
+
+def test_whole_chain_over_tls_answers(
+    small_published, tls_query_server, certificate
+):
+    from candidate_service.server import create_server
+
+    models, published = small_published
+    server = create_server(
+        _candidate_settings(
+            models,
+            tls_query_server.port,
+            tls=certificate.tls,
+            query_server_ca=certificate.cert,
+        )
+    )
+    try:
+        with RetrievalClient(
+            f"127.0.0.1:{server.port}", root_certificates=certificate.pem
+        ) as client:
+            assert client.wait_until_serving(timeout=30)
+            answer = client.retrieve("1", K, timeout=10)
+    finally:
+        server.stop(0)
+
+    assert len(answer.movies) == K
+    assert answer.model_version == published.version
+
+
+@pytest.mark.parametrize("trust", ["plaintext", "another certificate"])
+def test_candidate_service_not_trusting_the_query_server_stays_unready(
+    small_published, tls_query_server, other_certificate, trust
+):
+    from candidate_service.server import create_server
+
+    models, _ = small_published
+    server = create_server(
+        _candidate_settings(
+            models,
+            tls_query_server.port,
+            query_server_ca=None
+            if trust == "plaintext"
+            else other_certificate.cert,
+        )
+    )
+    try:
+        with RetrievalClient(f"127.0.0.1:{server.port}") as client:
+            # Several polls: its warm-up through the query server can never
+            # succeed, so it must never report SERVING.
+            assert not client.wait_until_serving(timeout=2)
+            with pytest.raises(ServiceUnavailable):
+                client.retrieve("1", K, timeout=5)
+    finally:
+        server.stop(0)
+
+
+def test_unreadable_query_server_ca_is_a_value_error_naming_it(
+    small_published, tmp_path
+):
+    from candidate_service.server import create_server
+
+    models, _ = small_published
+    with pytest.raises(ValueError, match="absent.pem"):
+        create_server(
+            _candidate_settings(
+                models, 1, query_server_ca=tmp_path / "absent.pem"
+            )
+        )
 
 
 def test_retrieve_over_tls_answers_as_over_plaintext(
@@ -223,7 +287,7 @@ def test_query_server_refuses_plaintext(tls_query_server):
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_explicit_tls_argument_wins_over_plaintext_default(certificate):
+def test_start_server_with_tls_serves_health_over_tls(certificate):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     bound = wiring.start_server(
@@ -302,3 +366,52 @@ def test_tensorflow_model_server_gets_the_pem_contents(certificate):
     assert parsed.server_cert == certificate.cert.read_text()
     assert parsed.server_key == certificate.key.read_text()
     assert not parsed.client_verify
+
+
+def _client_cli(*args: str, stdout=subprocess.PIPE) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "candidate_service.client", *args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
+
+
+def test_client_cli_connects_with_tls_ca(tls_candidate_server, certificate):
+    client = _client_cli(
+        "--address",
+        f"127.0.0.1:{tls_candidate_server.port}",
+        "--user",
+        "1",
+        "-k",
+        str(K),
+        "--tls-ca",
+        str(certificate.cert),
+    )
+    out, err = client.communicate(timeout=60)
+
+    assert client.returncode == 0, err
+    assert out.startswith(f"Top {K} movies for user 1 ")
+    assert len(out.splitlines()) == K + 1
+
+
+def test_client_cli_into_a_closed_pipe_exits_quietly(candidate_server):
+    reader, writer = os.pipe()
+    os.close(reader)  # As `| head` does once it has what it wants.
+    try:
+        client = _client_cli(
+            "--address",
+            f"127.0.0.1:{candidate_server.port}",
+            "--user",
+            "1",
+            "-k",
+            str(K),
+            stdout=writer,
+        )
+    finally:
+        os.close(writer)
+    _, err = client.communicate(timeout=60)
+
+    assert client.returncode == 0
+    assert err == ""
