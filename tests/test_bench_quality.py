@@ -1,0 +1,66 @@
+"""The quality report's rendering of the seed spread."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import quality
+
+RESULTS = Path(__file__).parents[1] / "bench" / "results" / "quality.json"
+
+
+@pytest.fixture
+def report():
+    report = json.loads(RESULTS.read_text(encoding="utf-8"))
+    report[quality.SERVING_PROTOCOL]["ours"].update(recall_10=0.40, ndcg_10=0.5)
+    report[quality.TUTORIAL_PROTOCOL]["ours"].update(top_10=0.06, top_100=0.4)
+    report[quality.SERVING_PROTOCOL]["ease"]["recall_10"] = 0.43
+    report[quality.SERVING_PROTOCOL]["als"]["recall_10"] = 0.41
+    report["tuned"][quality.SERVING_PROTOCOL]["ours"]["epochs"] = 80
+    report["meta"]["seed"] = 42
+    report["seed_spread"] = [
+        {
+            "seed": 43,
+            "epochs": 70,
+            "recall_10": 0.42,
+            "ndcg_10": 0.3,
+            "top_10": 0.05,
+            "top_100": 0.2,
+        },
+        {
+            "seed": 44,
+            "epochs": 90,
+            "recall_10": 0.41,
+            "ndcg_10": 0.4,
+            "top_10": 0.07,
+            "top_100": 0.3,
+        },
+    ]
+    return report
+
+
+def test_seed_spread_lists_the_main_run_first_then_the_medians(report):
+    lines = quality.markdown(report).splitlines()
+
+    start = lines.index("## Ours on other seeds, random split, test")
+    end = next(
+        i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")
+    )
+    rows = [line for line in lines[start:end] if line.startswith("| ")][1:]
+    assert rows == [
+        "| 42 | 80 | 0.4000 | 0.5000 | 0.0600 | 0.4000 |",
+        "| 43 | 70 | 0.4200 | 0.3000 | 0.0500 | 0.2000 |",
+        "| 44 | 90 | 0.4100 | 0.4000 | 0.0700 | 0.3000 |",
+        "| median | | 0.4100 | 0.4000 | 0.0600 | 0.3000 |",
+    ]
+    assert (
+        "Recall@10 over the 3 seeds: 0.4000 to 0.4200; beside EASE 0.4300, "
+        "implicit ALS 0.4100." in lines
+    )
+
+
+def test_report_without_a_seed_spread_has_no_such_section(report):
+    del report["seed_spread"]
+
+    assert "Ours on other seeds" not in quality.markdown(report)
