@@ -938,20 +938,15 @@ def _seed_spread_lines(report: dict) -> list[str]:
         "| seed | epochs | R@10 | NDCG@10 | top-10 | top-100 |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
+    columns = ("recall_10", "ndcg_10", "top_10", "top_100")
     for run in ours:
-        lines.append(
-            f"| {run['seed']} | {run['epochs']} | {run['recall_10']:.4f} "
-            f"| {run['ndcg_10']:.4f} | {run['top_10']:.4f} "
-            f"| {run['top_100']:.4f} |"
-        )
-    recalls = [run["recall_10"] for run in ours]
-    lines.append(
-        f"| median | | {float(np.median(recalls)):.4f} "
-        f"| {float(np.median([r['ndcg_10'] for r in ours])):.4f} "
-        f"| {float(np.median([r['top_10'] for r in ours])):.4f} "
-        f"| {float(np.median([r['top_100'] for r in ours])):.4f} |"
+        cells = " | ".join(f"{run[c]:.4f}" for c in columns)
+        lines.append(f"| {run['seed']} | {run['epochs']} | {cells} |")
+    medians = " | ".join(
+        f"{float(np.median([run[c] for run in ours])):.4f}" for c in columns
     )
-    lines.append("")
+    lines += [f"| median | | {medians} |", ""]
+    recalls = [run["recall_10"] for run in ours]
     beside = [
         f"{_LABELS[s]} {serving[s]['recall_10']:.4f}"
         for s in ("ease", "als")
