@@ -1,4 +1,4 @@
-"""The quality report's rendering of the seed spread."""
+"""The quality report's rendering: seed spread, validation, --render."""
 
 import json
 from pathlib import Path
@@ -64,3 +64,65 @@ def test_report_without_a_seed_spread_has_no_such_section(report):
     del report["seed_spread"]
 
     assert "Ours on other seeds" not in quality.markdown(report)
+
+
+def _section(markdown: str, title: str) -> list[str]:
+    lines = markdown.splitlines()
+    start = lines.index(title)
+    end = next(
+        (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+        len(lines),
+    )
+    return [line for line in lines[start:end] if line.startswith("| ")][1:]
+
+
+def test_validation_shows_ours_best_epoch_beside_the_mean_around_it(report):
+    # A lone spike at epoch 7 on a plateau of 0.20: the best is the spike,
+    # the mean over epochs 3-11 mostly plateau.
+    recalls = [0.20] * 14
+    recalls[6] = 0.29
+    report["details"]["ours/random"]["validation"] = [
+        {"epoch": i + 1, "recall_10": r} for i, r in enumerate(recalls)
+    ]
+    report["details"]["ease/random"]["validation"] = [
+        {"l2": 100.0, "recall_10": 0.21},
+        {"l2": 200.0, "recall_10": 0.23},
+        {"l2": 500.0, "recall_10": 0.22},
+    ]
+    del report["details"]["als/random"]
+
+    rows = _section(quality.markdown(report), "## Validation, random split")
+
+    assert rows == [
+        (
+            "| ours (history + features), epoch 7 of 14 | 0.2900 | 0.2100 "
+            "(epochs 3-11) |"
+        ),
+        "| EASE, best of 3 settings | 0.2300 | |",
+    ]
+
+
+def test_validation_window_stops_at_the_curve_ends(report):
+    report["details"]["ours/random"]["validation"] = [
+        {"epoch": 1, "recall_10": 0.3},
+        {"epoch": 2, "recall_10": 0.1},
+    ]
+
+    rows = _section(quality.markdown(report), "## Validation, random split")
+
+    assert rows[0] == (
+        "| ours (history + features), epoch 1 of 2 | 0.3000 | 0.2000 "
+        "(epochs 1-2) |"
+    )
+
+
+def test_render_rewrites_the_markdown_from_the_json_alone(report, tmp_path):
+    out = tmp_path / "quality.json"
+    out.write_text(json.dumps(report), encoding="utf-8")
+
+    assert quality.main(["--render", "--out", str(out)]) == 0
+
+    assert (tmp_path / "quality.md").read_text(
+        encoding="utf-8"
+    ) == quality.markdown(report)
+    assert (tmp_path / "quality_recall.png").stat().st_size > 0
