@@ -16,7 +16,6 @@ No pickle is involved, so loading an index never executes code from disk.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -25,6 +24,8 @@ from typing import Any
 
 import numpy as np
 from scann import scann_ops_pybind
+
+from model_store import digest
 
 METHODS = ("brute_force", "scann")
 
@@ -387,14 +388,6 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
     return float(np.mean(hits)) / k
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _read_json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
@@ -600,11 +593,13 @@ class CandidateIndex:
         # ScaNN loads some corrupted files without complaint and then
         # answers wrongly, so loading checks these digests first.
         checksums = {
-            path.name: _sha256(path)
+            path.name: digest.file_sha256(path)
             for path in sorted(scann_dir.iterdir())
             if path.is_file()
         }
-        checksums[CANDIDATES_FILE] = _sha256(directory / CANDIDATES_FILE)
+        checksums[CANDIDATES_FILE] = digest.file_sha256(
+            directory / CANDIDATES_FILE
+        )
         _write_json(
             directory / CONFIG_FILE,
             {
@@ -617,8 +612,16 @@ class CandidateIndex:
         )
 
     @classmethod
-    def load(cls, directory: os.PathLike | str) -> CandidateIndex:
+    def load(
+        cls, directory: os.PathLike | str, verify_checksums: bool = True
+    ) -> CandidateIndex:
         """Loads an index written by `save`.
+
+        Args:
+          directory: where `save` wrote it.
+          verify_checksums: hash the files against the digests `save`
+            wrote; a caller that has just checked every file against a
+            list of its own may skip it.
 
         Raises:
           IndexLoadError: a file is missing, unreadable, or fails its
@@ -632,7 +635,8 @@ class CandidateIndex:
         meta_path = directory / CONFIG_FILE
         meta = _read_json(meta_path)
         config, dimension, size, checksums = _parse_meta(meta_path, meta)
-        _verify_checksums(directory, checksums)
+        if verify_checksums:
+            _verify_checksums(directory, checksums)
 
         candidates_path = directory / CANDIDATES_FILE
         candidates = _read_json(candidates_path)
@@ -772,7 +776,7 @@ def _verify_checksums(directory: Path, checksums: dict[str, str]) -> None:
             name if name == CANDIDATES_FILE else f"{SCANN_DIR}/{name}"
         )
         try:
-            actual = _sha256(path)
+            actual = digest.file_sha256(path)
         except FileNotFoundError as e:
             raise IndexLoadError(path, "file is missing") from e
         except OSError as e:

@@ -1,13 +1,12 @@
 """Loads a published version's index and checks it before it may serve."""
 
 import dataclasses
-import hashlib
 import logging
 from pathlib import Path
 
 from candidate_service.history import HistoryLoadError, UserHistory
 from candidate_service.index import CandidateIndex
-from model_store import layout
+from model_store import digest, layout
 
 _log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ def _verify_checksums(index_dir: Path, checksums: dict) -> None:
     for name, expected in checksums.items():
         path = index_dir / name
         try:
-            actual = hashlib.sha256(path.read_bytes()).hexdigest()
+            actual = digest.file_sha256(path)
         except OSError as e:
             raise VersionRefused(f"cannot read {path}: {e}") from e
         if actual != expected:
@@ -64,9 +63,15 @@ def load_version(models_dir: Path, version: int) -> ServingVersion:
         manifest = layout.read_manifest(models_dir, version)
     except (OSError, ValueError) as e:
         raise VersionRefused(f"bad manifest: {e}") from e
-    _verify_checksums(paths.index, manifest.get("checksums", {}))
+    checksums = manifest.get("checksums", {})
+    _verify_checksums(paths.index, checksums)
     try:
-        index = CandidateIndex.load(paths.index)
+        # The manifest's checksums cover every file of the index directory,
+        # the index's own list of digests included, so the index need not
+        # hash its files a second time.
+        index = CandidateIndex.load(
+            paths.index, verify_checksums=not checksums
+        )
         history = UserHistory.load(paths.index)
     except (OSError, ValueError, HistoryLoadError) as e:
         raise VersionRefused(str(e)) from e

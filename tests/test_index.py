@@ -15,6 +15,7 @@ from candidate_service.index import (
     exact_search,
     recall_at_k,
 )
+from model_store import digest
 
 # MovieLens 100K's catalogue at the towers' width.
 MOVIELENS_SIZE = 1682
@@ -276,7 +277,7 @@ def _rewrite_candidates(directory, edit):
     path.write_text(json.dumps(candidates), encoding="utf-8")
     meta_path = directory / index_lib.CONFIG_FILE
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    meta["checksums"][index_lib.CANDIDATES_FILE] = index_lib._sha256(path)
+    meta["checksums"][index_lib.CANDIDATES_FILE] = digest.file_sha256(path)
     meta["size"] = len(candidates["movie_ids"])
     meta_path.write_text(json.dumps(meta), encoding="utf-8")
 

@@ -1,11 +1,13 @@
 """Versions that always match, swaps with no failed request, failures that
 give the right status and heal."""
 
+import collections
 import json
 import logging
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -147,6 +149,48 @@ def test_publishing_under_load_fails_no_request_and_never_mixes_versions(
     for user, response in tally.responses:
         got = [m.movie_id for m in response.movies]
         assert got == expected[(response.model_version, user)]
+
+
+def test_loading_a_version_hashes_each_index_file_once(
+    small_published, monkeypatch
+):
+    from candidate_service.versions import load_version
+    from model_store import digest
+
+    models, published = small_published
+    hashed = collections.Counter()
+    real = digest.file_sha256
+
+    def counting(path):
+        hashed[Path(path)] += 1
+        return real(path)
+
+    monkeypatch.setattr(digest, "file_sha256", counting)
+    load_version(models, published.version)
+
+    index_files = {
+        path
+        for path in published.paths.index.rglob("*")
+        if path.is_file() and path != published.paths.manifest
+    }
+    assert set(hashed) == index_files
+    assert set(hashed.values()) == {1}
+
+
+def test_an_index_file_is_still_checked_when_the_manifest_lists_none(
+    small_data, tmp_path
+):
+    from candidate_service.versions import VersionRefused, load_version
+
+    published = _publish(small_data, tmp_path, seed=5)
+    manifest = json.loads(published.paths.manifest.read_text())
+    del manifest["checksums"]
+    published.paths.manifest.write_text(json.dumps(manifest))
+    scann_file = next((published.paths.index / "scann").glob("*.npy"))
+    scann_file.write_bytes(scann_file.read_bytes()[:-8])
+
+    with pytest.raises(VersionRefused, match="checksum"):
+        load_version(tmp_path, published.version)
 
 
 def _corrupt_checksum(paths):

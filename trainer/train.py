@@ -2,7 +2,6 @@
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import logging
 import shutil
@@ -15,7 +14,7 @@ import tf_keras as keras
 
 from candidate_service.history import UserHistory
 from candidate_service.index import CandidateIndex, exact_search, recall_at_k
-from model_store import contract, layout
+from model_store import contract, digest, layout
 from trainer import (
     distribute,
     evaluation,
@@ -419,16 +418,6 @@ def _index_recall(index, embeddings, queries) -> float:
     return recall_at_k(found, index.movie_ids[exact], k)
 
 
-def _file_checksums(directory: Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(directory)): hashlib.sha256(
-            path.read_bytes()
-        ).hexdigest()
-        for path in sorted(directory.rglob("*"))
-        if path.is_file()
-    }
-
-
 def train_and_publish(
     dataset: movielens.Dataset,
     models_dir: Path,
@@ -517,7 +506,7 @@ def train_and_publish(
                 f"recall_at_{_RECALL_K}": recall,
             },
             "warmup_user_ids": check_users[:_WARMUP_USERS],
-            "checksums": _file_checksums(staged / layout.INDEX),
+            "checksums": digest.tree_sha256(staged / layout.INDEX),
         }
         (staged / layout.INDEX / layout.MANIFEST).write_text(
             json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
