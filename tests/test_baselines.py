@@ -56,6 +56,27 @@ def test_ease_needs_a_positive_penalty():
         baselines.ease_weights(TINY, l2=0.0)
 
 
+def test_ease_at_full_rank_is_ease_and_lower_ranks_have_that_rank():
+    rng = np.random.default_rng(0)
+    x = (rng.random((50, 8)) < 0.4).astype(np.float64)
+    users = np.arange(50)
+
+    scorers = baselines.ease_at_ranks(_matrix(x), l2=2.0, ranks=(8, 3))
+
+    full = baselines.ease(_matrix(x), l2=2.0)(users)
+    np.testing.assert_allclose(scorers[8](users), full, atol=1e-5)
+    # Scores are X @ (weights cut to rank 3): rank 3 at most, and the best
+    # rank-3 approximation of the weights, so not the full scores.
+    cut = scorers[3](users)
+    assert np.linalg.matrix_rank(cut, tol=1e-4) == 3
+    assert not np.allclose(cut, full, atol=1e-3)
+
+
+def test_ease_at_ranks_refuses_a_rank_beyond_the_catalogue():
+    with pytest.raises(ValueError, match="between 1 and 3"):
+        baselines.ease_at_ranks(_matrix(TINY), l2=1.0, ranks=(2, 4))
+
+
 def test_popular_scores_every_user_by_rating_counts():
     seen = UserMovies.build(
         np.array([0, 1, 1, 2]), np.array([2, 2, 0, 2]), 3, 4

@@ -126,3 +126,47 @@ def test_render_rewrites_the_markdown_from_the_json_alone(report, tmp_path):
         encoding="utf-8"
     ) == quality.markdown(report)
     assert (tmp_path / "quality_recall.png").stat().st_size > 0
+
+
+def test_ease_cut_to_fewer_dimensions_sits_beside_full_ease_and_ours(report):
+    report["details"]["ease/random"]["by_rank"] = [
+        {
+            "rank": 128,
+            "recall_10": 0.41,
+            "recall_50": 0.5,
+            "recall_100": 0.6,
+            "ndcg_10": 0.42,
+        },
+        {
+            "rank": 256,
+            "recall_10": 0.42,
+            "recall_50": 0.51,
+            "recall_100": 0.61,
+            "ndcg_10": 0.43,
+        },
+    ]
+    serving = report[quality.SERVING_PROTOCOL]
+    serving["ease"].update(recall_50=0.52, recall_100=0.62, ndcg_10=0.44)
+    serving["ours"].update(recall_50=0.53, recall_100=0.63)
+    movies = report["meta"]["dataset"]["movies"]
+
+    rows = _section(
+        quality.markdown(report),
+        "## EASE cut to fewer dimensions, serving protocol, test",
+    )
+
+    assert rows == [
+        "| EASE, cut | 128 | 0.4100 | 0.5000 | 0.6000 | 0.4200 |",
+        "| EASE, cut | 256 | 0.4200 | 0.5100 | 0.6100 | 0.4300 |",
+        f"| EASE | {movies} (full) | 0.4300 | 0.5200 | 0.6200 | 0.4400 |",
+        (
+            "| ours (history + features) | 128 | 0.4000 | 0.5300 | 0.6300 "
+            "| 0.5000 |"
+        ),
+    ]
+
+
+def test_report_without_ease_by_rank_has_no_such_section(report):
+    report["details"]["ease/random"].pop("by_rank", None)
+
+    assert "EASE cut to fewer dimensions" not in quality.markdown(report)
