@@ -51,6 +51,15 @@ def _verify_checksums(index_dir: Path, checksums: dict) -> None:
             )
 
 
+def _covers_every_file(index_dir: Path, checksums: dict) -> bool:
+    files = {
+        path.relative_to(index_dir).as_posix()
+        for path in index_dir.rglob("*")
+        if path.is_file() and path != index_dir / layout.MANIFEST
+    }
+    return files <= checksums.keys()
+
+
 def load_version(models_dir: Path, version: int) -> ServingVersion:
     """Loads and checks one version's index.
 
@@ -66,11 +75,12 @@ def load_version(models_dir: Path, version: int) -> ServingVersion:
     checksums = manifest.get("checksums", {})
     _verify_checksums(paths.index, checksums)
     try:
-        # The manifest's checksums cover every file of the index directory,
-        # the index's own list of digests included, so the index need not
-        # hash its files a second time.
+        # When the manifest's digests cover every file of the index
+        # directory (as the publisher writes them), the index need not hash
+        # its files a second time.
         index = CandidateIndex.load(
-            paths.index, verify_checksums=not checksums
+            paths.index,
+            verify_checksums=not _covers_every_file(paths.index, checksums),
         )
         history = UserHistory.load(paths.index)
     except (OSError, ValueError, HistoryLoadError) as e:

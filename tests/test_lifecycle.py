@@ -177,14 +177,22 @@ def test_loading_a_version_hashes_each_index_file_once(
     assert set(hashed.values()) == {1}
 
 
-def test_an_index_file_is_still_checked_when_the_manifest_lists_none(
-    small_data, tmp_path
+@pytest.mark.parametrize("listed", ["none", "all but scann"])
+def test_an_index_file_the_manifest_does_not_list_is_still_checked(
+    small_data, tmp_path, listed
 ):
     from candidate_service.versions import VersionRefused, load_version
 
     published = _publish(small_data, tmp_path, seed=5)
     manifest = json.loads(published.paths.manifest.read_text())
-    del manifest["checksums"]
+    if listed == "none":
+        del manifest["checksums"]
+    else:
+        manifest["checksums"] = {
+            name: value
+            for name, value in manifest["checksums"].items()
+            if not name.startswith("scann/")
+        }
     published.paths.manifest.write_text(json.dumps(manifest))
     scann_file = next((published.paths.index / "scann").glob("*.npy"))
     scann_file.write_bytes(scann_file.read_bytes()[:-8])
