@@ -208,8 +208,8 @@ ABLATION_STEPS = (
     ("dim_256", "width 256", {"embedding_dim": 256}),
 )
 # EASE is also scored with its weights cut to these multiples of the
-# towers' width: a two-tower model of that width can at best express such a
-# cut, so the rows show how much of EASE's lead comes from its full rank.
+# towers' width, cuts a two-tower model of that width could express, to
+# show how much of EASE's lead comes from its full rank.
 EASE_RANK_MULTIPLES = (1, 2, 4, 8)
 # The ablation runs each step once, on --seed; its last kept step is then
 # rerun beside the configuration before it on these other seeds, to show
@@ -1243,6 +1243,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logs.configure(args.log_level)
     if args.render:
+        if not args.out.is_file():
+            _parser().error(f"--render reads {args.out}, which does not exist")
         report = json.loads(args.out.read_text(encoding="utf-8"))
         _write_renderings(report, args.out)
         return 0

@@ -69,10 +69,8 @@ def test_report_without_a_seed_spread_has_no_such_section(report):
 def _section(markdown: str, title: str) -> list[str]:
     lines = markdown.splitlines()
     start = lines.index(title)
-    end = next(
-        (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-        len(lines),
-    )
+    following = range(start + 1, len(lines))
+    end = next((i for i in following if lines[i].startswith("## ")), len(lines))
     return [line for line in lines[start:end] if line.startswith("| ")][1:]
 
 
@@ -170,3 +168,11 @@ def test_report_without_ease_by_rank_has_no_such_section(report):
     report["details"]["ease/random"].pop("by_rank", None)
 
     assert "EASE cut to fewer dimensions" not in quality.markdown(report)
+
+
+def test_render_without_a_report_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        quality.main(["--render", "--out", str(tmp_path / "absent.json")])
+
+    assert exited.value.code == 2
+    assert "absent.json, which does not exist" in capsys.readouterr().err
