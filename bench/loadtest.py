@@ -559,7 +559,7 @@ def format_table(
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.loadtest",
-        description=__doc__.split("\n\n")[0]
+        description=__doc__.split("\n\n")[0].rstrip(".")
         + ": reports QPS, p50/p95/p99/max latency, errors by status code and "
         "the client's own CPU use.",
         epilog="Closed loop (--concurrency) measures sustainable throughput; "

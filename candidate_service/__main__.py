@@ -1,6 +1,6 @@
 """Command line: serve Retrieve over gRPC.
 
-    python -m candidate_service --models-dir models \
+    python -m candidate_service --models-dir build/models \
         --query-server localhost:8500
 """
 

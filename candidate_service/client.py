@@ -21,7 +21,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m candidate_service.client",
         description="Print a user's top-k movies from the candidate service.",
     )
-    p.add_argument("--address", default="localhost:50051")
+    p.add_argument(
+        "--address",
+        default="localhost:50051",
+        help="the candidate service, host:port (default: %(default)s)",
+    )
     p.add_argument("--user", required=True, help="MovieLens user id")
     p.add_argument("-k", type=int, default=10, help="default: %(default)s")
     p.add_argument(
@@ -91,13 +95,14 @@ def _retrieve_and_print(args: argparse.Namespace) -> int:
         except grpc.RpcError as e:
             print(f"{e.code().name}: {e.details()}", file=sys.stderr)
             return 1
-    kind = (
-        "most popular movies (user unknown to the model)"
+    movies = "movie" if len(response.movies) == 1 else "movies"
+    whose = (
+        f"most popular {movies} (user unknown to the model)"
         if response.cold_start
-        else f"movies for user {args.user}"
+        else f"{movies} for user {args.user}"
     )
     print(
-        f"Top {len(response.movies)} {kind} "
+        f"Top {len(response.movies)} {whose} "
         f"(model version {response.model_version}):"
     )
     for rank, movie in enumerate(response.movies, start=1):

@@ -1,13 +1,12 @@
 """Command line: list, roll back and prune published versions.
 
-    python -m model_store list --models-dir models
-    python -m model_store rollback --models-dir models
-    python -m model_store prune --models-dir models --keep 3
+    python -m model_store list --models-dir build/models
+    python -m model_store rollback --models-dir build/models
+    python -m model_store prune --models-dir build/models --keep 3
 """
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ _log = logging.getLogger("model_store")
 
 
 def _parser() -> argparse.ArgumentParser:
-    default = os.environ.get("MODELS_DIR", "build/models")
+    default = layout.default_models_dir()
     p = argparse.ArgumentParser(
         prog="python -m model_store",
         description="Manage the published model versions.",

@@ -31,6 +31,13 @@ _STAGING = ".staging"
 _RETIRED = ".retired"
 
 
+def default_models_dir() -> str:
+    """The models directory every entry point uses unless given one:
+    $MODELS_DIR, or build/models (under build/, so `make clean` and
+    .gitignore cover it like every other generated file)."""
+    return os.environ.get("MODELS_DIR", "build/models")
+
+
 class PublishError(RuntimeError):
     """A version could not be published; nothing already published changed."""
 

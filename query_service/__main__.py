@@ -1,6 +1,6 @@
 """Command line: serve the query tower over TF Serving's gRPC API.
 
-    python -m query_service --models-dir models --port 8500
+    python -m query_service --models-dir build/models --port 8500
 """
 
 import argparse

@@ -6,7 +6,6 @@ import concurrent.futures
 import dataclasses
 import importlib
 import logging
-import os
 import signal
 import threading
 import typing
@@ -18,6 +17,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from model_store import layout
 from serving_common import logs
 from serving_common.errors import ErrorInterceptor
 from serving_common.metrics import MetricsInterceptor
@@ -83,7 +83,7 @@ def add_server_arguments(
     --grace-seconds."""
     parser.add_argument(
         "--models-dir",
-        default=os.environ.get("MODELS_DIR", "build/models"),
+        default=layout.default_models_dir(),
         help="the trainer's models directory (default: $MODELS_DIR or "
         "%(default)s)",
     )

@@ -72,3 +72,23 @@ def test_a_malformed_row_names_the_file_and_line_and_publishes_nothing(
     [error] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert f"{data / 'u.data'} line 5" in error.getMessage()
     assert layout.complete_versions(tmp_path / "models") == []
+
+
+@pytest.mark.parametrize("env", [None, "/srv/models"])
+def test_every_entry_point_defaults_to_the_same_models_dir(monkeypatch, env):
+    # The trainer once published to ./models while the services read
+    # build/models: a run without --models-dir served nothing.
+    from candidate_service.__main__ import _parser as candidate_parser
+    from model_store.__main__ import _parser as store_parser
+    from query_service.__main__ import _parser as query_parser
+    from trainer.__main__ import _parser as trainer_parser
+
+    if env is None:
+        monkeypatch.delenv("MODELS_DIR", raising=False)
+    else:
+        monkeypatch.setenv("MODELS_DIR", env)
+    expected = env or "build/models"
+    assert trainer_parser().parse_args([]).models_dir == expected
+    assert query_parser().parse_args([]).models_dir == expected
+    assert candidate_parser().parse_args([]).models_dir == expected
+    assert store_parser().parse_args(["list"]).models_dir == expected

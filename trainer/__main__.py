@@ -1,6 +1,6 @@
 """Command line: train on MovieLens and publish a version.
 
-    python -m trainer --data-dir ../shared/data/ml-100k --models-dir models
+    python -m trainer --data-dir ../shared/data/ml-100k --models-dir build/models
 """
 
 import argparse
@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from model_store import layout
 from serving_common import logs
 from trainer import config as config_module
 from trainer.config import TrainConfig
@@ -136,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--models-dir",
-        default=os.environ.get("MODELS_DIR", "models"),
+        default=layout.default_models_dir(),
         help="where versions are published (default: $MODELS_DIR or "
         "%(default)s)",
     )
@@ -176,7 +177,6 @@ def main(argv: list[str] | None = None) -> int:
 
     # Imported here so that --help and flag errors answer without the
     # seconds TensorFlow takes to load.
-    from model_store import layout
     from trainer import movielens
     from trainer.train import train_and_publish
 
