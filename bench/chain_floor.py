@@ -12,7 +12,9 @@ chain would cost if the model and the index were free.
 
 With --aio both hops are grpc.aio servers instead (handlers on the event
 loop, an aio channel outbound, health but no interceptor): the floor an
-asyncio rewrite of the services could reach.
+asyncio rewrite of the services could reach. With --bare they keep the
+thread pool but lose the interceptors, which prices the interceptors and
+leaves --aio's difference to the event loop alone.
 """
 
 import argparse
@@ -72,29 +74,35 @@ def _echo(request: bytes, context: grpc.ServicerContext) -> bytes:
     return request
 
 
-def _serve(address: str, handler) -> BoundServer:
+def _serve(address: str, handler, interceptors: bool = True) -> BoundServer:
     def register(server: grpc.Server) -> None:
         server.add_generic_rpc_handlers([_echo_handlers(handler)])
 
-    bound = start_server(address, register, [SERVICE_NAME])
+    bound = start_server(
+        address, register, [SERVICE_NAME], interceptors=interceptors
+    )
     bound.set_serving(True)
     return bound
 
 
-def create_back(address: str) -> FloorServer:
+def create_back(address: str, interceptors: bool = True) -> FloorServer:
     """Starts the back server: Echo returns the request.
 
     Args:
       address: host:port; port 0 binds a free port (see `.port`).
+      interceptors: False serves without the services' interceptors.
 
     Raises:
       OSError: the address could not be bound.
     """
-    return FloorServer(bound=_serve(address, _echo))
+    return FloorServer(bound=_serve(address, _echo, interceptors))
 
 
 def create_front(
-    address: str, backend: str, timeout_s: float = 1.0
+    address: str,
+    backend: str,
+    timeout_s: float = 1.0,
+    interceptors: bool = True,
 ) -> FloorServer:
     """Starts the front server: Echo forwards the request to `backend`.
 
@@ -103,6 +111,7 @@ def create_front(
       backend: host:port of a back server.
       timeout_s: deadline of each outbound call, in seconds (the candidate
         service's default deadline towards the query server).
+      interceptors: False serves without the services' interceptors.
 
     Raises:
       OSError: the address could not be bound.
@@ -114,7 +123,7 @@ def create_front(
         return forward(request, timeout=timeout_s)
 
     try:
-        bound = _serve(address, echo_via_backend)
+        bound = _serve(address, echo_via_backend, interceptors)
     except OSError:
         channel.close()
         raise
@@ -220,6 +229,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve with grpc.aio instead of the services' thread pool",
     )
+    p.add_argument(
+        "--bare",
+        action="store_true",
+        help="the services' thread pool without their interceptors",
+    )
     p.add_argument("--log-level", default=None, help="default: INFO")
     return p
 
@@ -229,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.role == "front" and not args.backend:
         parser.error("front needs --backend host:port")
+    if args.aio and args.bare:
+        parser.error("--aio and --bare are different floors; pick one")
     logs.configure(args.log_level)
 
     if args.aio:
@@ -242,9 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     address = f"{args.host}:{args.port}"
     try:
         if args.role == "front":
-            server = create_front(address, args.backend, args.timeout)
+            server = create_front(
+                address, args.backend, args.timeout, not args.bare
+            )
         else:
-            server = create_back(address)
+            server = create_back(address, not args.bare)
     except OSError as e:
         _log.error("%s", e)
         return 1

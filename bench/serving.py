@@ -56,8 +56,10 @@ DEFAULT_INDEX_JSON = REPO / "bench" / "results" / "index.json"
 SHARED_ML100K = REPO.parent / "shared" / "data" / "ml-100k"
 
 SYSTEMS = ("chain_floor", "predict_only", "retrieve")
-# Measured only when asked for (--systems): the floor with asyncio servers.
-OPTIONAL_SYSTEMS = ("chain_floor_aio",)
+# Measured only when asked for (--systems): the floor with asyncio servers,
+# and the floor's thread pools without the interceptors (which separates
+# what asyncio saves from what the interceptors cost).
+OPTIONAL_SYSTEMS = ("chain_floor_aio", "chain_floor_bare")
 READY_TIMEOUT_S = 240.0
 TRAIN_TIMEOUT_S = 1800.0
 STOP_GRACE_S = 1.0
@@ -225,15 +227,19 @@ def start_systems(
         return f"127.0.0.1:{ports[role]}"
 
     systems = {}
-    for floor, aio in (("chain_floor", []), ("chain_floor_aio", ["--aio"])):
+    for floor, flags in (
+        ("chain_floor", []),
+        ("chain_floor_aio", ["--aio"]),
+        ("chain_floor_bare", ["--bare"]),
+    ):
         if floor in wanted:
-            suffix = "_aio" if aio else ""
+            suffix = floor.removeprefix("chain_floor")
             back = spawn(
-                f"floor_back{suffix}", "bench.chain_floor", "back", *aio
+                f"floor_back{suffix}", "bench.chain_floor", "back", *flags
             )
             front = spawn(
                 f"floor_front{suffix}",
-                *("bench.chain_floor", "front", "--backend", back, *aio),
+                *("bench.chain_floor", "front", "--backend", back, *flags),
             )
             systems[floor] = (
                 "echo",
@@ -399,7 +405,12 @@ def ratios(results: dict[str, list[dict]]) -> dict:
     """
     out = {}
     retrieve = {e["concurrency"]: e for e in results.get("retrieve", [])}
-    for base in ("chain_floor", "chain_floor_aio", "predict_only"):
+    for base in (
+        "chain_floor",
+        "chain_floor_aio",
+        "chain_floor_bare",
+        "predict_only",
+    ):
         if base not in results or not retrieve:
             continue
         rows = []

@@ -185,6 +185,7 @@ def start_server(
     max_workers: int = 16,
     max_in_flight: int | None = None,
     tls: ServerTls | None = None,
+    interceptors: bool = True,
 ) -> BoundServer:
     """Builds, binds and starts a server.
 
@@ -202,6 +203,8 @@ def start_server(
         for no limit.
       tls: serve TLS only, with this certificate and key; None for
         plaintext.
+      interceptors: False leaves out the metrics and the error mapping;
+        only the serving benchmark's floor does, to price them.
 
     Returns:
       The started server, NOT_SERVING until the caller says otherwise.
@@ -215,7 +218,9 @@ def start_server(
         concurrent.futures.ThreadPoolExecutor(max_workers=max_workers),
         # Metrics outermost, so what they record includes the error mapping
         # and its status code.
-        interceptors=[MetricsInterceptor(), ErrorInterceptor()],
+        interceptors=[MetricsInterceptor(), ErrorInterceptor()]
+        if interceptors
+        else [],
         options=[("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=max_in_flight,
     )

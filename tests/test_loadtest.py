@@ -179,6 +179,41 @@ def test_the_chain_floor_forwards_each_request_once(echo_server):
     assert (result.ok, server.received) == (25, 25)
 
 
+@pytest.mark.parametrize("interceptors", [True, False])
+def test_the_bare_chain_floor_runs_without_the_interceptors(
+    echo_server, interceptors
+):
+    # The bare floor prices the interceptors; were they still there, its
+    # figures would be the plain floor's.
+    import prometheus_client
+
+    target, _ = echo_server
+    front = chain_floor.create_front(
+        "127.0.0.1:0", backend=target, interceptors=interceptors
+    )
+    labels = {
+        "grpc_service": chain_floor.SERVICE_NAME,
+        "grpc_method": chain_floor.ECHO,
+        "grpc_code": "OK",
+    }
+
+    def handled():
+        return prometheus_client.REGISTRY.get_sample_value(
+            "grpc_server_handled_total", labels
+        ) or 0.0
+
+    before = handled()
+    try:
+        result = _run(
+            f"127.0.0.1:{front.port}", ["a"], concurrency=1, max_requests=5
+        )
+    finally:
+        front.stop(0)
+
+    assert result.ok == 5
+    assert handled() - before == (5 if interceptors else 0)
+
+
 def test_an_unreachable_target_raises_connection_error(monkeypatch):
     monkeypatch.setattr(loadtest, "CONNECT_TIMEOUT_S", 0.5)
 
