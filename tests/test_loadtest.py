@@ -8,6 +8,7 @@ import threading
 import time
 
 import grpc
+import prometheus_client
 import pytest
 
 from bench import chain_floor, loadtest
@@ -185,8 +186,6 @@ def test_the_bare_chain_floor_runs_without_the_interceptors(
 ):
     # The bare floor prices the interceptors; were they still there, its
     # figures would be the plain floor's.
-    import prometheus_client
-
     target, _ = echo_server
     front = chain_floor.create_front(
         "127.0.0.1:0", backend=target, interceptors=interceptors

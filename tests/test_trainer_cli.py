@@ -6,7 +6,11 @@ import shutil
 
 import pytest
 
+from candidate_service.__main__ import _parser as candidate_parser
 from model_store import layout
+from model_store.__main__ import _parser as store_parser
+from query_service.__main__ import _parser as query_parser
+from trainer.__main__ import _parser as trainer_parser
 from trainer.__main__ import main
 
 
@@ -78,11 +82,6 @@ def test_a_malformed_row_names_the_file_and_line_and_publishes_nothing(
 def test_every_entry_point_defaults_to_the_same_models_dir(monkeypatch, env):
     # The trainer once published to ./models while the services read
     # build/models: a run without --models-dir served nothing.
-    from candidate_service.__main__ import _parser as candidate_parser
-    from model_store.__main__ import _parser as store_parser
-    from query_service.__main__ import _parser as query_parser
-    from trainer.__main__ import _parser as trainer_parser
-
     if env is None:
         monkeypatch.delenv("MODELS_DIR", raising=False)
     else:
