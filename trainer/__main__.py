@@ -1,6 +1,7 @@
 """Command line: train on MovieLens and publish a version.
 
-    python -m trainer --data-dir ../shared/data/ml-100k --models-dir build/models
+    python -m trainer --data-dir ../shared/data/ml-100k \
+        --models-dir build/models
 """
 
 import argparse
