@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 PROTO_SRC := protos/movie_retrieval/v1/retrieval_service.proto
 PROTO_OUT := movie_retrieval/v1/retrieval_service_pb2.py
 
-.PHONY: help install protos demo test test-slow bench-quality bench-serving clean \
+.PHONY: help install protos demo test test-slow bench-quality bench-variants bench-serving clean \
 	stack lint-proto breaking-proto compose-config
 
 help:
@@ -20,6 +20,7 @@ help:
 	@echo "make test           run the test suite"
 	@echo "make test-slow      run the slow soak and load tests too"
 	@echo "make bench-quality  retrieval quality against baselines (bench/results/quality.json)"
+	@echo "make bench-variants model variants tried and dropped (bench/results/variants.json)"
 	@echo "make bench-serving  serving latency and index benchmarks (bench/results/serving.json)"
 	@echo "MOVIELENS_DATA_DIR=/path/to/ml-100k uses a local copy instead of downloading."
 
@@ -52,6 +53,9 @@ clean:
 
 bench-quality: install
 	$(PY) -m bench.quality --out bench/results/quality.json
+
+bench-variants: install
+	$(PY) -m bench.variants --out bench/results/variants.json
 
 bench-serving: install
 	$(PY) -m bench.serving --out bench/results/serving.json

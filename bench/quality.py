@@ -272,7 +272,7 @@ def _max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class _Data:
+class SplitData:
     """The dataset, its dense numbering and one split, loaded in a worker."""
 
     def __init__(self, settings: Settings, kind: str):
@@ -308,7 +308,7 @@ class _Data:
         return tutorial, ranking
 
 
-def _protocol_result(data: _Data, scorer, protocol: str) -> dict:
+def _protocol_result(data: SplitData, scorer, protocol: str) -> dict:
     """Test metrics of a scorer fitted on all training ratings and, for
     the serving protocols, its recall@k curve and Recall@10 by users'
     history length."""
@@ -327,7 +327,7 @@ def _protocol_result(data: _Data, scorer, protocol: str) -> dict:
     }
 
 
-def _towers(system: str, data: _Data, settings: Settings, protocols):
+def _towers(system: str, data: SplitData, settings: Settings, protocols):
     import tensorflow as tf
 
     from trainer.config import TrainConfig
@@ -377,7 +377,7 @@ def _grid(system: str, seed: int):
     ]
 
 
-def _baseline(system: str, data: _Data, settings: Settings, protocols):
+def _baseline(system: str, data: SplitData, settings: Settings, protocols):
     from bench import baselines
 
     it, split = data.interactions, data.split
@@ -427,7 +427,7 @@ def _baseline(system: str, data: _Data, settings: Settings, protocols):
     return results, details
 
 
-def _ease_by_rank(data: _Data, l2: float) -> list[dict]:
+def _ease_by_rank(data: SplitData, l2: float) -> list[dict]:
     """Serving-protocol test metrics of EASE (fitted on all training
     ratings with the tuned `l2`) cut to `EASE_RANK_MULTIPLES` of the
     towers' width."""
@@ -465,7 +465,7 @@ def run_system(system: str, kind: str, settings: Settings) -> dict:
       the worker's peak resident memory, libraries and data included}.
     """
     protocols = [p for p, spec in PROTOCOLS.items() if spec[0] == kind]
-    data = _Data(settings, kind)
+    data = SplitData(settings, kind)
     if system in ("ours", "tutorial"):
         results, details = _towers(system, data, settings, protocols)
     else:
@@ -487,7 +487,7 @@ def run_ablation(settings: Settings) -> list[dict]:
     from trainer.config import TrainConfig
     from trainer.train import validation_curve
 
-    data = _Data(settings, "random")
+    data = SplitData(settings, "random")
     steps, best_config, best_recall = [], None, -1.0
     for name, change, settings_changed in ABLATION_STEPS:
         if best_config is None:
@@ -531,7 +531,7 @@ def run_ablation(settings: Settings) -> list[dict]:
     return steps
 
 
-def _best_on_validation(data: _Data, config) -> dict:
+def _best_on_validation(data: SplitData, config) -> dict:
     from trainer.train import validation_curve
 
     curve = validation_curve(
@@ -554,7 +554,7 @@ def run_seed_check(settings: Settings, steps: list[dict]) -> dict:
 
     kept = [s for s in steps if s["kept"]]
     after_step, before_step = kept[-1], kept[-2]
-    data = _Data(settings, "random")
+    data = SplitData(settings, "random")
     result = {
         "step": after_step["step"],
         "seeds": [settings.seed, *SEED_CHECK_SEEDS],
@@ -593,7 +593,7 @@ def run_seed_spread(settings: Settings) -> list[dict]:
     from trainer.config import TrainConfig
     from trainer.train import fit_split, tower_scorer
 
-    data = _Data(settings, "random")
+    data = SplitData(settings, "random")
     runs = []
     for seed in SEED_CHECK_SEEDS:
         fitted = fit_split(

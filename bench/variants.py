@@ -1,0 +1,630 @@
+"""Changes to the shipped model that were tried on validation and dropped.
+
+`bench.quality`'s ablation is the path to `TrainConfig()`'s defaults; this
+is the record of what was tried after it, so that the next engineer can
+rerun an idea rather than retry it blind. Each variant changes one thing in
+the default model, either a `TrainConfig` field or one method of the towers
+or the loss (patched for the run, restored after), and is trained as the
+ablation's steps are: on the random split's fit ratings (seed 42), scored
+on its validation ratings after each epoch, stopped early. The default
+runs first, as the reference.
+
+Each row reports the best epoch's Recall@10 and top-10 accuracy, and the
+mean Recall@10 of the last five epochs run. The second matters: the best
+of a hundred noisy epochs flatters (see quality.md), and a variant whose
+plateau is higher would be worth a seed check even if its peak is not.
+
+The last section blends the default's scores with EASE's (both fitted on
+the fit ratings): whether an item-item model served beside the towers
+would lift Recall@10 at all.
+
+    make bench-variants
+    .venv/bin/python -m bench.variants --data-dir ../shared/data/ml-100k \\
+        --out bench/results/variants.json
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from bench.quality import Settings, SplitData  # noqa: E402
+
+_log = logging.getLogger("bench.variants")
+
+# Epochs averaged for the plateau column.
+PLATEAU_EPOCHS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One change to the default model.
+
+    Attributes:
+      name: short key, unique.
+      change: what it changes, for the table.
+      config: `TrainConfig` fields to override.
+      patch: given the run's data and config, a context manager that
+        patches the model's code for the run.
+    """
+
+    name: str
+    change: str
+    config: dict = dataclasses.field(default_factory=dict)
+    patch: (
+        Callable[[SplitData, object], contextlib.AbstractContextManager] | None
+    ) = None
+
+
+def _history_count(rows, entry_rows, shown):
+    """float32 `[batch, 1]`: how many history movies each query shows."""
+    import tensorflow as tf
+
+    batch = tf.shape(rows, out_type=tf.int64)[0]
+    count = tf.math.unsorted_segment_sum(shown, entry_rows, batch)
+    return tf.maximum(count, 1.0)[:, None]
+
+
+def _pooled_by_power(power: float):
+    """The history summed and divided by n**power instead of n."""
+    from trainer.model import QueryTower
+
+    mean = QueryTower._history_mean
+
+    def pooled(self, rows, entry_rows, movies, shown):
+        count = _history_count(rows, entry_rows, shown)
+        return mean(self, rows, entry_rows, movies, shown) * count ** (
+            1.0 - power
+        )
+
+    def patch(data, config):
+        return mock.patch.object(QueryTower, "_history_mean", pooled)
+
+    return patch
+
+
+def _with_layers(cls, add_layers, **methods):
+    """Patches `cls.__init__` to also run add_layers(self), and sets
+    `methods` on the class, for one run."""
+    init = cls.__init__
+
+    def patched_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        add_layers(self)
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(cls, "__init__", patched_init))
+    for name, method in methods.items():
+        stack.enter_context(mock.patch.object(cls, name, method))
+    return stack
+
+
+def _length_scale(data, config):
+    """The mean history scaled by exp(a log(1 + n) + b), a and b learned
+    (from 0): lets the query's length, and so the weight of the movies'
+    biases against it, depend on how much of the history is shown."""
+    import tensorflow as tf
+
+    from trainer.model import QueryTower
+
+    mean = QueryTower._history_mean
+
+    def add_layers(self):
+        self.length_slope = self.add_weight(
+            name="length_slope", shape=(), initializer="zeros"
+        )
+        self.length_offset = self.add_weight(
+            name="length_offset", shape=(), initializer="zeros"
+        )
+
+    def pooled(self, rows, entry_rows, movies, shown):
+        count = _history_count(rows, entry_rows, shown)
+        scale = tf.exp(
+            self.length_slope * tf.math.log1p(count) + self.length_offset
+        )
+        return mean(self, rows, entry_rows, movies, shown) * scale
+
+    return _with_layers(QueryTower, add_layers, _history_mean=pooled)
+
+
+def _query_mlp(data, config):
+    """A residual tanh layer of 256 on the mean history (output layer
+    started at zero, so the run starts as the default)."""
+    import tf_keras as keras
+
+    from trainer.model import QueryTower
+
+    mean = QueryTower._history_mean
+
+    def add_layers(self):
+        width = self.history_embedding.output_dim
+        self.mlp_hidden = keras.layers.Dense(256, activation="tanh")
+        self.mlp_out = keras.layers.Dense(width, kernel_initializer="zeros")
+
+    def pooled(self, rows, entry_rows, movies, shown):
+        history = mean(self, rows, entry_rows, movies, shown)
+        return history + self.mlp_out(self.mlp_hidden(history))
+
+    return _with_layers(QueryTower, add_layers, _history_mean=pooled)
+
+
+def _movie_weight(data, config):
+    """A weighted mean of the history, each movie's weight exp(w) with w
+    learned per movie (from 0): an inverse document frequency the model
+    picks."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from trainer.model import QueryTower
+
+    mean = QueryTower._history_mean
+
+    def add_layers(self):
+        self.movie_weight = keras.layers.Embedding(
+            self.history_embedding.input_dim, 1, embeddings_initializer="zeros"
+        )
+        self.movie_weight.build((None,))
+
+    def pooled(self, rows, entry_rows, movies, shown):
+        weight = tf.exp(tf.gather(self.movie_weight.embeddings[:, 0], movies))
+        return mean(self, rows, entry_rows, movies, shown * weight)
+
+    return _with_layers(QueryTower, add_layers, _history_mean=pooled)
+
+
+def _most_hidden(most: float):
+    """The masked loss's hidden share drawn up to `most` instead of 1."""
+    import tensorflow as tf
+
+    from trainer.model import RetrievalModel
+
+    def draw_hidden(self, batch, entry_rows):
+        share = tf.random.uniform(
+            [batch], minval=self.history_dropout, maxval=most
+        )
+        draws = tf.random.uniform(tf.shape(entry_rows))
+        return tf.cast(draws < tf.gather(share, entry_rows), tf.float32)
+
+    def patch(data, config):
+        return mock.patch.object(RetrievalModel, "draw_hidden", draw_hidden)
+
+    return patch
+
+
+def _cosine_decay(data, config):
+    """Adam's learning rate decayed to zero along a cosine over the run."""
+    import tf_keras as keras
+
+    from trainer import train
+
+    users = len(np.unique(data.interactions.user_rows[data.split.fit]))
+    steps = config.epochs * math.ceil(users / config.batch_size)
+
+    def optimizer(config):
+        schedule = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=steps, alpha=0.0
+        )
+        return keras.optimizers.Adam(learning_rate=schedule)
+
+    return mock.patch.object(train, "_optimizer", optimizer)
+
+
+def _item_item(l2: float):
+    """A full-rank item-item part beside the towers, as in EASE but learned
+    with the masked loss: the query gains the shown history as a 0/1 row
+    over the catalogue (divided by its length), each movie a learned
+    column of weights (from 0, with an L2 penalty of `l2`)."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from trainer.model import CandidateTower, QueryTower
+
+    def patch(data, config):
+        embed_movies = CandidateTower.embed_rows
+        embed_users = QueryTower.embed_with_history
+
+        def add_layers(self):
+            rows = self.num_movies + 1
+            self.item_item = keras.layers.Embedding(
+                rows,
+                rows,
+                embeddings_initializer="zeros",
+                embeddings_regularizer=keras.regularizers.l2(l2)
+                if l2
+                else None,
+            )
+            self.item_item.build((None,))
+
+        def movies(self, rows):
+            return tf.concat(
+                [embed_movies(self, rows), self.item_item(rows)], axis=1
+            )
+
+        def users(self, rows, entry_rows, movies, shown):
+            towers = embed_users(self, rows, entry_rows, movies, shown)
+            batch = tf.shape(rows, out_type=tf.int64)[0]
+            width = tf.cast(self.history_embedding.input_dim, tf.int64)
+            history = tf.scatter_nd(
+                tf.stack([entry_rows, movies], axis=1),
+                shown,
+                tf.stack([batch, width]),
+            )
+            count = _history_count(rows, entry_rows, shown)
+            return tf.concat([towers, history / count], axis=1)
+
+        stack = _with_layers(CandidateTower, add_layers, embed_rows=movies)
+        stack.enter_context(
+            mock.patch.object(QueryTower, "embed_with_history", users)
+        )
+        return stack
+
+    return patch
+
+
+VARIANTS = (
+    Variant("default", "TrainConfig() as shipped"),
+    Variant(
+        "pool_sqrt",
+        "history summed and divided by sqrt(n) instead of n",
+        patch=_pooled_by_power(0.5),
+    ),
+    Variant(
+        "pool_n075",
+        "history summed and divided by n^0.75",
+        patch=_pooled_by_power(0.75),
+    ),
+    Variant(
+        "length_scale",
+        "query scaled by a learned function of its history's length",
+        patch=_length_scale,
+    ),
+    Variant(
+        "movie_weight",
+        "history mean weighted by a learned per-movie weight",
+        patch=_movie_weight,
+    ),
+    Variant(
+        "query_mlp",
+        "residual tanh layer of 256 on the query",
+        patch=_query_mlp,
+    ),
+    Variant(
+        "hidden_from_0",
+        "hidden share drawn from 0 instead of 0.2",
+        config={"history_dropout": 0.0},
+    ),
+    Variant(
+        "hidden_to_08",
+        "hidden share drawn up to 0.8 instead of 1",
+        patch=_most_hidden(0.8),
+    ),
+    Variant(
+        "cosine_100",
+        "learning rate decayed to 0 along a cosine over 100 epochs, "
+        "no early stopping",
+        config={"epochs": 100, "early_stopping_patience": 0},
+        patch=_cosine_decay,
+    ),
+    Variant(
+        "cosine_150",
+        "as above over 150 epochs",
+        config={"epochs": 150, "early_stopping_patience": 0},
+        patch=_cosine_decay,
+    ),
+    Variant(
+        "weight_decay_005", "Adam weight decay 0.05", {"weight_decay": 0.05}
+    ),
+    Variant("weight_decay_05", "Adam weight decay 0.5", {"weight_decay": 0.5}),
+    Variant(
+        "weight_decay_05_dim_256",
+        "Adam weight decay 0.5 at width 256",
+        {"weight_decay": 0.5, "embedding_dim": 256},
+    ),
+    Variant("batch_32", "batches of 32 users", {"batch_size": 32}),
+    Variant("batch_128", "batches of 128 users", {"batch_size": 128}),
+    Variant(
+        "batch_128_lr_0006",
+        "batches of 128 users, learning rate 0.006",
+        {"batch_size": 128, "learning_rate": 0.006},
+    ),
+    Variant("temperature_05", "logits divided by 0.5", {"temperature": 0.5}),
+    Variant(
+        "no_movie_features",
+        "no genres, year or title words",
+        {"movie_features": False},
+    ),
+    Variant("no_item_bias", "no per-movie bias", {"item_bias": False}),
+    Variant(
+        "user_embedding",
+        "plus an embedding of the user's id",
+        {"user_embedding": True},
+    ),
+    Variant(
+        "item_item",
+        "plus a full-rank item-item part learned with the loss",
+        patch=_item_item(0.0),
+    ),
+    Variant(
+        "item_item_l2",
+        "as above, its weights under an L2 penalty of 0.001",
+        patch=_item_item(0.001),
+    ),
+)
+
+BLEND_WEIGHTS = (0.5, 1.0, 2.0, 4.0)
+BLEND_RANKS = (128, None)
+
+
+def run_variant(
+    variant: Variant,
+    data: SplitData,
+    max_epochs: int | None = None,
+    base=None,
+) -> dict:
+    """Trains one variant on the fit ratings and scores each epoch on
+    validation, for at most `max_epochs` if given (a quick check). The
+    variant changes `base`, by default `TrainConfig()`."""
+    from trainer.config import TrainConfig
+    from trainer.train import validation_curve
+
+    config = dataclasses.replace(base or TrainConfig(), **variant.config)
+    if max_epochs is not None:
+        config = dataclasses.replace(
+            config, epochs=min(config.epochs, max_epochs)
+        )
+    patch = (
+        variant.patch(data, config)
+        if variant.patch
+        else contextlib.nullcontext()
+    )
+    started = time.monotonic()
+    with patch:
+        curve = validation_curve(
+            data.dataset, data.interactions, data.split, config
+        )
+    best = max(curve, key=lambda h: h["recall_10"])
+    plateau = curve[-PLATEAU_EPOCHS:]
+    result = {
+        "variant": variant.name,
+        "change": variant.change,
+        "config": variant.config,
+        "best_epoch": best["epoch"],
+        "epochs_run": len(curve),
+        "best": {k: best[k] for k in ("recall_10", "ndcg_10", "top_10")},
+        "final_loss": float(curve[-1]["loss"]),
+        "plateau_recall_10": float(np.mean([h["recall_10"] for h in plateau])),
+        "seconds": time.monotonic() - started,
+    }
+    _log.info(
+        "%s: best recall@10 %.4f at epoch %d of %d, last %d epochs %.4f",
+        variant.name,
+        best["recall_10"],
+        best["epoch"],
+        len(curve),
+        len(plateau),
+        result["plateau_recall_10"],
+    )
+    return result
+
+
+def _standardised(scores: np.ndarray) -> np.ndarray:
+    """Each user's scores to mean 0 and standard deviation 1, so that two
+    models' scores add on one scale."""
+    centred = scores - scores.mean(axis=1, keepdims=True)
+    return centred / np.maximum(centred.std(axis=1, keepdims=True), 1e-12)
+
+
+def run_blend(data: SplitData, epochs: int) -> dict:
+    """Validation Recall@10 of the default (trained on the fit ratings for
+    `epochs`) plus w times EASE (lambda tuned on validation), each user's
+    scores standardised, at full rank and cut to the towers' width."""
+    from bench import baselines
+    from trainer import evaluation
+    from trainer.config import TrainConfig
+    from trainer.train import fit_split, tower_scorer
+
+    it, split = data.interactions, data.split
+    seen, held_out = it.matrix(split.fit), it.matrix(split.validation)
+    users = np.arange(it.num_users)
+
+    def recall(scores: np.ndarray) -> float:
+        ranking = evaluation.ranking_quality(
+            lambda rows: scores[rows], seen, held_out
+        )
+        return float(ranking.metrics()["recall_10"])
+
+    config = dataclasses.replace(
+        TrainConfig(), epochs=epochs, early_stopping_patience=0
+    )
+    on_fit = dataclasses.replace(split, train=split.fit)
+    model = fit_split(data.dataset, it, on_fit, config).model
+    ours = tower_scorer(model, it)(users)
+
+    by_l2 = {
+        l2: recall(baselines.ease(seen, l2)(users))
+        for l2 in baselines.EASE_L2_GRID
+    }
+    l2 = max(by_l2, key=by_l2.get)
+    # A catalogue narrower than the towers has nothing to cut.
+    width = min(config.embedding_dim, it.num_movies)
+    cut = baselines.ease_at_ranks(seen, l2, (width,))[width](users)
+    full = baselines.ease(seen, l2)(users)
+    rows = []
+    for rank, ease in ((width, cut), (None, full)):
+        for weight in BLEND_WEIGHTS:
+            blended = _standardised(ours) + weight * _standardised(ease)
+            rows.append(
+                {
+                    "ease_rank": rank,
+                    "weight": weight,
+                    "recall_10": recall(blended),
+                }
+            )
+            _log.info("blend %s", rows[-1])
+    return {
+        "epochs": epochs,
+        "ours_recall_10": recall(ours),
+        "ease_l2": l2,
+        "ease_recall_10": by_l2[l2],
+        "ease_cut_recall_10": recall(cut),
+        "rows": rows,
+    }
+
+
+def markdown(report: dict) -> str:
+    """The report as Markdown tables."""
+    lines = [
+        "# Variants of the shipped model (validation, random split)",
+        "",
+        "Each changes one thing in `TrainConfig()`; trained on the fit "
+        "ratings, scored on validation after every epoch, stopped early. "
+        f"Plateau: mean Recall@10 of the last {PLATEAU_EPOCHS} epochs run. "
+        "Rerun with `make bench-variants`.",
+        "",
+        "| variant | change | best epoch | R@10 | plateau R@10 | top-10 | s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["variants"]:
+        lines.append(
+            f"| {row['variant']} | {row['change']} | {row['best_epoch']} "
+            f"of {row['epochs_run']} | {row['best']['recall_10']:.4f} | "
+            f"{row['plateau_recall_10']:.4f} | {row['best']['top_10']:.4f} "
+            f"| {row['seconds']:.0f} |"
+        )
+    blend = report.get("blend")
+    if blend:
+        lines += [
+            "",
+            "## The default blended with EASE",
+            "",
+            f"The default trained for {blend['epochs']} epochs (its best "
+            f"above) scores {blend['ours_recall_10']:.4f}; EASE "
+            f"(lambda {blend['ease_l2']:g}, tuned on these ratings) "
+            f"{blend['ease_recall_10']:.4f}, cut to the towers' width "
+            f"{blend['ease_cut_recall_10']:.4f}. Each user's scores of both "
+            "are standardised, then added with EASE's weighted by w.",
+            "",
+            "| EASE | w | R@10 |",
+            "|---|---:|---:|",
+        ]
+        for row in blend["rows"]:
+            rank = (
+                "full"
+                if row["ease_rank"] is None
+                else f"rank {row['ease_rank']}"
+            )
+            lines.append(
+                f"| {rank} | {row['weight']:g} | {row['recall_10']:.4f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.variants",
+        description=(
+            "Train each variant of the shipped model on MovieLens and "
+            "score it on validation; write JSON and a Markdown table."
+        ),
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="MovieLens folder (default: $MOVIELENS_DATA_DIR, else ml-100k "
+        "is downloaded into the cache)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench/results/variants.json"),
+        help="JSON to write; the Markdown goes beside it "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=[v.name for v in VARIANTS],
+        metavar="NAME",
+        help="run only these variants (and the default, which the blend "
+        "needs); one of: %(choices)s",
+    )
+    parser.add_argument(
+        "--no-blend", action="store_true", help="skip the EASE blend"
+    )
+    parser.add_argument(
+        "--max-epochs",
+        type=int,
+        metavar="N",
+        help="train each variant for at most N epochs: a quick check that "
+        "they run, not a result",
+    )
+    return parser
+
+
+def _variants(only: list[str] | None) -> Iterator[Variant]:
+    for variant in VARIANTS:
+        if only is None or variant.name == "default" or variant.name in only:
+            yield variant
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from serving_common import logs
+
+    from trainer import movielens
+
+    logs.configure("INFO")
+    started = time.monotonic()
+    try:
+        data_dir = movielens.resolve_data_dir(args.data_dir)
+        data = SplitData(Settings(data_dir=str(data_dir)), "random")
+    except (movielens.DownloadError, OSError, ValueError) as e:
+        # A missing folder, a failed download or a malformed row: the
+        # message names the file (and line) at fault.
+        _log.error("%s", e)
+        return 1
+    _log.info(
+        "random split of %s: %d fit, %d validation ratings",
+        data_dir,
+        len(data.split.fit),
+        len(data.split.validation),
+    )
+    rows = [run_variant(v, data, args.max_epochs) for v in _variants(args.only)]
+    report = {
+        "meta": {
+            "command": " ".join(
+                ["python -m bench.variants", *(argv or sys.argv[1:])]
+            ),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(
+                timespec="seconds"
+            ),
+            "data_dir": str(data_dir),
+            "cpus": os.cpu_count(),
+        },
+        "variants": rows,
+    }
+    if not args.no_blend:
+        report["blend"] = run_blend(data, rows[0]["best_epoch"])
+    report["meta"]["seconds"] = time.monotonic() - started
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(report))
+    _log.info("wrote %s and %s", args.out, args.out.with_suffix(".md"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
