@@ -454,14 +454,13 @@ def run_blend(data: SplitData, epochs: int) -> dict:
     ours = tower_scorer(model, it)(users)
 
     by_l2 = {
-        l2: recall(baselines.ease(seen, l2)(users))
-        for l2 in baselines.EASE_L2_GRID
+        l2: baselines.ease(seen, l2)(users) for l2 in baselines.EASE_L2_GRID
     }
-    l2 = max(by_l2, key=by_l2.get)
+    l2 = max(by_l2, key=lambda each: recall(by_l2[each]))
+    full = by_l2[l2]
     # A catalogue narrower than the towers has nothing to cut.
     width = min(config.embedding_dim, it.num_movies)
     cut = baselines.ease_at_ranks(seen, l2, (width,))[width](users)
-    full = baselines.ease(seen, l2)(users)
     rows = []
     for rank, ease in ((width, cut), (None, full)):
         for weight in BLEND_WEIGHTS:
@@ -478,7 +477,7 @@ def run_blend(data: SplitData, epochs: int) -> dict:
         "epochs": epochs,
         "ours_recall_10": recall(ours),
         "ease_l2": l2,
-        "ease_recall_10": by_l2[l2],
+        "ease_recall_10": recall(full),
         "ease_cut_recall_10": recall(cut),
         "rows": rows,
     }
