@@ -1007,6 +1007,19 @@ def _ease_rank_lines(report: dict) -> list[str]:
 AROUND_BEST = 4
 
 
+def mean_around_best(recalls: list[float]) -> tuple[float, int, int]:
+    """The mean of a validation curve over `AROUND_BEST` epochs on each side
+    of its best, cut at the curve's ends.
+
+    Returns:
+      (mean, first, last): the mean over `recalls[first:last]`.
+    """
+    best = int(np.argmax(recalls))
+    first = max(0, best - AROUND_BEST)
+    last = min(len(recalls), best + AROUND_BEST + 1)
+    return float(np.mean(recalls[first:last])), first, last
+
+
 def _validation_lines(report: dict) -> list[str]:
     """Markdown table of validation Recall@10 on the random split: ours at
     its best epoch and around it, the tuned baselines at their best
@@ -1017,8 +1030,7 @@ def _validation_lines(report: dict) -> list[str]:
         return []
     recalls = [epoch["recall_10"] for epoch in curve]
     best = int(np.argmax(recalls))
-    first = max(0, best - AROUND_BEST)
-    last = min(len(curve), best + AROUND_BEST + 1)
+    around, first, last = mean_around_best(recalls)
     lines = [
         "",
         "## Validation, random split",
@@ -1037,7 +1049,7 @@ def _validation_lines(report: dict) -> list[str]:
         (
             f"| {_LABELS['ours']}, epoch {best + 1} of {len(curve)} "
             f"| {recalls[best]:.4f} "
-            f"| {float(np.mean(recalls[first:last])):.4f} "
+            f"| {around:.4f} "
             f"(epochs {first + 1}-{last}) |"
         ),
     ]

@@ -106,3 +106,54 @@ def test_cli_without_data_names_the_folder(tmp_path, caplog):
     assert code == 1
     assert f"no MovieLens files in {tmp_path}" in caplog.text
     assert not (tmp_path / "v.json").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--only", "pool_sqrt"], "give --out"),
+        (["--max-epochs", "2"], "give --out"),
+        (["--max-epochs", "0", "--out", "x.json"], "must be at least 1"),
+    ],
+)
+def test_cli_refuses_a_partial_run_over_the_results(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        variants.main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def _row(name: str, around: float, best: float) -> dict:
+    return {
+        "variant": name,
+        "around_best_recall_10": around,
+        "best": {"recall_10": best},
+    }
+
+
+def test_seed_check_reruns_the_default_and_only_the_variants_ahead(data):
+    rows = [
+        _row("default", 0.30, 0.35),
+        _row("pool_sqrt", 0.31, 0.32),
+        _row("pool_n075", 0.29, 0.36),
+    ]
+    check = variants.run_seed_check(rows, data, max_epochs=1)
+    assert check["seeds"] == [42, 43, 44, 45]
+    assert [r["variant"] for r in check["rows"]] == ["default", "pool_sqrt"]
+    default = check["rows"][0]
+    # Seed 42's figures are the main run's, not rerun.
+    assert default["around_best_recall_10"][0] == 0.30
+    assert default["recall_10"][0] == 0.35
+    assert len(default["recall_10"]) == 4
+    assert all(0.0 <= r <= 1.0 for r in default["recall_10"][1:])
+    table = variants.markdown({"variants": [], "seed_check": check})
+    assert "## Seed check" in table
+    assert "| default | 0.3000 (0.3500) |" in table
+
+
+def test_seed_check_runs_nothing_when_no_variant_is_ahead(data):
+    rows = [_row("default", 0.30, 0.35), _row("pool_sqrt", 0.29, 0.40)]
+    check = variants.run_seed_check(rows, data)
+    assert check["rows"] == []
+    table = variants.markdown({"variants": [], "seed_check": check})
+    assert "Seed check" not in table
