@@ -157,3 +157,12 @@ def test_seed_check_runs_nothing_when_no_variant_is_ahead(data):
     assert check["rows"] == []
     table = variants.markdown({"variants": [], "seed_check": check})
     assert "Seed check" not in table
+
+
+def test_markdown_names_the_command_of_a_partial_run():
+    command = "python -m bench.variants --only pool_sqrt --out x.json"
+    table = variants.markdown({"variants": [], "meta": {"command": command}})
+    assert f"Made by `{command}`" in table
+    assert "Rerun with `make bench-variants`" in variants.markdown(
+        {"variants": []}
+    )
