@@ -1,12 +1,14 @@
 """The record of dropped variants: each still runs against today's model,
 changes what it says it changes, and leaves the model's code as it was."""
 
+import dataclasses
 import json
+from unittest import mock
 
 import numpy as np
 import pytest
 
-from bench import variants
+from bench import baselines, variants
 from bench.quality import Settings, SplitData
 from trainer import model, train
 from trainer.config import TrainConfig
@@ -97,6 +99,7 @@ def test_cli_writes_json_and_markdown(small_data, tmp_path):
     table = out.with_suffix(".md").read_text()
     assert "| pool_sqrt |" in table
     assert "## The default blended with EASE" in table
+    assert "Capped at 1 epochs by --max-epochs" in table
 
 
 def test_cli_without_data_names_the_folder(tmp_path, caplog):
@@ -114,6 +117,8 @@ def test_cli_without_data_names_the_folder(tmp_path, caplog):
         (["--only", "pool_sqrt"], "give --out"),
         (["--max-epochs", "2"], "give --out"),
         (["--max-epochs", "0", "--out", "x.json"], "must be at least 1"),
+        # The Markdown would take the JSON's place.
+        (["--out", "variants.md"], "must name a .json file"),
     ],
 )
 def test_cli_refuses_a_partial_run_over_the_results(args, message, capsys):
@@ -166,3 +171,99 @@ def test_markdown_names_the_command_of_a_partial_run():
     assert "Rerun with `make bench-variants`" in variants.markdown(
         {"variants": []}
     )
+
+
+def test_cli_refuses_an_out_it_cannot_write_before_running(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        variants.main(["--out", str(blocker / "v.json")])
+    assert exit_info.value.code == 2
+
+
+def test_every_variant_config_names_real_settings():
+    for variant in variants.VARIANTS:
+        dataclasses.replace(TrainConfig(), **variant.config)
+
+
+def test_markdown_marks_runs_that_reached_their_epoch_cap():
+    row = {
+        "variant": "batch_128",
+        "change": "x",
+        "best_epoch": 140,
+        "best": {"recall_10": 0.2, "top_10": 0.05},
+        "around_best_recall_10": 0.19,
+        "seconds": 1.0,
+    }
+    capped = variants.markdown(
+        {"variants": [{**row, "epochs_run": TrainConfig().epochs}]}
+    )
+    stopped = variants.markdown({"variants": [{**row, "epochs_run": 120}]})
+    assert f"140 of {TrainConfig().epochs}* |" in capped
+    assert "its best may lie beyond" in capped
+    assert "140 of 120 |" in stopped
+    assert "its best may lie beyond" not in stopped
+
+
+def test_seed_check_table_leaves_the_picking_seed_out_of_its_last_mean():
+    check = {
+        "seeds": [42, 43, 44, 45],
+        "rows": [
+            {
+                "variant": "default",
+                "around_best_recall_10": [0.5, 0.1, 0.2, 0.3],
+                "recall_10": [0.6, 0.2, 0.3, 0.4],
+            }
+        ],
+    }
+    table = variants.markdown({"variants": [], "seed_check": check})
+    assert "| mean | mean, seeds 43-45 |" in table
+    assert "| 0.2750 (0.3750) | 0.2000 (0.3000) |" in table
+
+
+def test_ease_distilled_adds_the_cross_entropy_to_eases_softmax(data):
+    """The second term equals, computed apart in numpy, the cross-entropy
+    of the towers' catalogue softmax against EASE's softmax over the
+    movies the loss showed: EASE column j must be lookup row j + 1."""
+    import tensorflow as tf
+
+    it, split = data.interactions, data.split
+    towers = train.build_model(data.dataset, it, split.fit, TrainConfig())
+    # Untrained towers score every movie about the same, which would hide
+    # a teacher aimed at the wrong movies; random weights spread them.
+    rng = np.random.default_rng(0)
+    for weight in towers.trainable_variables:
+        weight.assign(rng.normal(size=weight.shape).astype(np.float32))
+    users = tf.range(1, 9, dtype=tf.int64)
+
+    def every_other(self, batch, entry_rows):
+        return tf.cast(tf.range(tf.size(entry_rows)) % 2 == 0, tf.float32)
+
+    weight, temperature = 0.5, 0.05
+    with mock.patch.object(model.RetrievalModel, "draw_hidden", every_other):
+        towers_loss = float(towers._masked_loss(users))
+        with variants._ease_distilled(data, TrainConfig(), weight, temperature):
+            total = float(towers._masked_loss(users))
+        rows, movies = towers.query_tower.history_entries(users)
+        hidden = every_other(towers, None, rows)
+        query = towers.query_tower.embed_with_history(
+            users, rows, movies, 1.0 - hidden
+        )
+        logits = towers._catalogue_logits(query).numpy().astype(np.float64)
+
+    shown = np.zeros((len(users), it.num_movies))
+    shown[rows.numpy(), movies.numpy() - 1] = 1.0 - hidden.numpy()
+    ease = baselines.ease_weights(
+        baselines.to_csr(it.matrix(split.fit)).toarray(),
+        variants.DISTILLED_EASE_L2,
+    )
+    teacher = np.where(shown > 0, -np.inf, shown @ ease / temperature)
+    targets = np.exp(teacher - teacher.max(axis=1, keepdims=True))
+    targets /= targets.sum(axis=1, keepdims=True)
+    log_p = logits - logits.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    cross = -(targets * log_p).sum(axis=1)
+    cross[shown.sum(axis=1) == 0] = 0.0
+    expected = cross.sum() / len(users)
+    assert expected > 1.0
+    assert (total - towers_loss) / weight == pytest.approx(expected, rel=1e-4)
