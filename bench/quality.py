@@ -1007,17 +1007,18 @@ def _ease_rank_lines(report: dict) -> list[str]:
 AROUND_BEST = 4
 
 
-def mean_around_best(recalls: list[float]) -> tuple[float, int, int]:
+def mean_around_best(recalls: list[float]) -> tuple[float, int, int, int]:
     """The mean of a validation curve over `AROUND_BEST` epochs on each side
     of its best, cut at the curve's ends.
 
     Returns:
-      (mean, first, last): the mean over `recalls[first:last]`.
+      (mean, best, first, last): the mean over `recalls[first:last]`, and
+      the index of the best epoch.
     """
     best = int(np.argmax(recalls))
     first = max(0, best - AROUND_BEST)
     last = min(len(recalls), best + AROUND_BEST + 1)
-    return float(np.mean(recalls[first:last])), first, last
+    return float(np.mean(recalls[first:last])), best, first, last
 
 
 def _validation_lines(report: dict) -> list[str]:
@@ -1029,8 +1030,7 @@ def _validation_lines(report: dict) -> list[str]:
     if not curve:
         return []
     recalls = [epoch["recall_10"] for epoch in curve]
-    best = int(np.argmax(recalls))
-    around, first, last = mean_around_best(recalls)
+    around, best, first, last = mean_around_best(recalls)
     lines = [
         "",
         "## Validation, random split",

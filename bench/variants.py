@@ -333,7 +333,7 @@ def _ease_distilled(data, config, weight: float, temperature: float):
         shown = tf.scatter_nd(
             tf.stack([rows, movies - 1], axis=1),
             1.0 - step["hidden"],
-            tf.stack([batch, tf.cast(tf.shape(ease)[0], tf.int64)]),
+            tf.stack([batch, ease.shape[0]]),
         )
         teacher = tf.matmul(shown, ease) / temperature - 1e9 * shown
         targets = tf.stop_gradient(tf.nn.softmax(teacher))
@@ -456,6 +456,8 @@ VARIANTS = (
     ),
 )
 
+_BY_NAME = {variant.name: variant for variant in VARIANTS}
+
 BLEND_WEIGHTS = (0.5, 1.0, 2.0, 4.0)
 
 
@@ -487,8 +489,8 @@ def run_variant(
             data.dataset, data.interactions, data.split, config
         )
     recalls = [h["recall_10"] for h in curve]
-    best = curve[int(np.argmax(recalls))]
-    around, first, last = mean_around_best(recalls)
+    around, best_index, first, last = mean_around_best(recalls)
+    best = curve[best_index]
     result = {
         "variant": variant.name,
         "change": variant.change,
@@ -542,11 +544,10 @@ def run_seed_check(
     ]
     checked = []
     if ahead:
-        by_name = {v.name: v for v in VARIANTS}
         for row in [default, *(r for r in rows if r["variant"] in ahead)]:
             runs = [
                 run_variant(
-                    by_name[row["variant"]],
+                    _BY_NAME[row["variant"]],
                     data,
                     max_epochs,
                     base=TrainConfig(seed=seed),
@@ -637,7 +638,7 @@ def _epoch_cap(name: str, max_epochs: int | None) -> int | None:
     variant no longer defined."""
     from trainer.config import TrainConfig
 
-    variant = next((v for v in VARIANTS if v.name == name), None)
+    variant = _BY_NAME.get(name)
     if variant is None:
         return None
     epochs = dataclasses.replace(TrainConfig(), **variant.config).epochs
